@@ -1,0 +1,9 @@
+"""Subcommand registry: name -> (help, add_arguments(parser), run(args, settings) -> exit code)."""
+
+from __future__ import annotations
+
+from qscale.commands import policies_cmd
+
+COMMANDS = {
+    "policies": (policies_cmd.HELP, policies_cmd.add_arguments, policies_cmd.run),
+}

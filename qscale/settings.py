@@ -1,0 +1,76 @@
+"""Process-wide settings: environment variables `QSCALE_*` over a YAML file over defaults.
+
+    QSCALE_LOG_LEVEL=debug qscale ...
+    QSCALE_CONFIG_FILE=qscale.yaml qscale ...     # or --config on commands that take one
+
+Nested fields use `__`, e.g. `QSCALE_SIMULATION__SLO_TTFT_S=1.5`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from qscale.errors import UserError
+
+CONFIG_FILE_ENV = "QSCALE_CONFIG_FILE"
+
+
+class SimulationSettings(BaseModel):
+    slo_ttft_s: float = Field(2.0, gt=0)
+    tick_s: float = Field(2.0, gt=0)
+    gpu_hour_price: float = Field(2.5, ge=0)
+
+
+class QscaleSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="QSCALE_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    simulation: SimulationSettings = SimulationSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = os.environ.get(CONFIG_FILE_ENV)
+        if path:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> QscaleSettings:
+    """Load settings; any problem becomes a one-line `UserError`."""
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        try:
+            yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise UserError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
+        os.environ[CONFIG_FILE_ENV] = str(path)
+    try:
+        return QscaleSettings(**overrides)
+    except ValidationError as exc:
+        from policies.registry import format_validation_error
+
+        raise UserError(f"invalid settings: {format_validation_error(exc)}") from None

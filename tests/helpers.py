@@ -1,0 +1,39 @@
+"""Helpers that build signals through the real `SignalsBuilder`, as the simulator and live loop do."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from policies import ReplicaReading, ReplicaState, Signals, SignalsBuilder
+
+READY, STARTING, DRAINING = ReplicaState.READY, ReplicaState.STARTING, ReplicaState.DRAINING
+
+
+def ready(name: str, waiting: float = 0, running: float = 0, finished: float = 0, **kw) -> ReplicaReading:
+    return ReplicaReading(name, READY, kw.pop("started_at", 0.0), waiting=waiting, running=running,
+                          requests_finished=finished, **kw)
+
+
+def starting(name: str, started_at: float = 0.0) -> ReplicaReading:
+    return ReplicaReading(name, STARTING, started_at, scraped=False)
+
+
+def missing(name: str) -> ReplicaReading:
+    return ReplicaReading(name, READY, 0.0, scraped=False)
+
+
+@dataclass
+class Feed:
+    """Builds successive Signals for one policy run."""
+
+    builder: SignalsBuilder = field(default_factory=SignalsBuilder)
+
+    def __call__(self, time: float, readings: list[ReplicaReading], current: int | None = None,
+                 data_age_s: float = 0.0) -> Signals:
+        if current is None:
+            current = sum(1 for r in readings if r.state is not DRAINING)
+        return self.builder.build(time, readings, current, data_age_s=data_age_s)
+
+
+def signals(time: float, readings: list[ReplicaReading], current: int | None = None) -> Signals:
+    return Feed()(time, readings, current)
