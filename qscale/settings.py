@@ -9,6 +9,7 @@ Nested fields use `__`, e.g. `QSCALE_SIMULATION__SLO_TTFT_S=1.5`.
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +25,7 @@ from pydantic_settings import (
 from qscale.errors import UserError
 
 CONFIG_FILE_ENV = "QSCALE_CONFIG_FILE"
+_config_file: ContextVar[str | None] = ContextVar("qscale_config_file", default=None)
 
 
 class SimulationSettings(BaseModel):
@@ -51,7 +53,7 @@ class QscaleSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        path = os.environ.get(CONFIG_FILE_ENV)
+        path = _config_file.get() or os.environ.get(CONFIG_FILE_ENV)
         if path:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
         return tuple(sources)
@@ -59,6 +61,8 @@ class QscaleSettings(BaseSettings):
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> QscaleSettings:
     """Load settings; any problem becomes a one-line `UserError`."""
+    if config_file is None and os.environ.get(CONFIG_FILE_ENV):
+        config_file = os.environ[CONFIG_FILE_ENV]
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
@@ -67,10 +71,12 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Qs
             yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
             raise UserError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
-        os.environ[CONFIG_FILE_ENV] = str(path)
+    token = _config_file.set(str(config_file) if config_file is not None else None)
     try:
         return QscaleSettings(**overrides)
     except ValidationError as exc:
         from policies.registry import format_validation_error
 
         raise UserError(f"invalid settings: {format_validation_error(exc)}") from None
+    finally:
+        _config_file.reset(token)

@@ -18,22 +18,33 @@ def ramp(t: float) -> float:
     return min(24.0, 4.0 + (t - 300) * 20 / 1200)
 
 
+def ramp_fleet() -> FluidFleet:
+    # 26 slots at 8 s per request: 3.25 req/s per replica at most, 1.2x the target's 2.67.
+    return FluidFleet(ramp, cold_start_s=120, slots=26)
+
+
 def test_orders_capacity_before_the_queue_builds_on_a_ramp():
-    # service 8 s, target 16 in flight -> one replica per 2 req/s; a replica takes 120 s to start.
-    trace = run(hybrid(default_service_time_s=8, target_concurrency=16),
-                FluidFleet(ramp, cold_start_s=120), until=1800, initial=2)
+    # Target 16 in flight at ~6 s each -> one replica per 2.67 req/s; a replica takes 120 s to start.
+    trace = run(hybrid(default_service_time_s=8, target_concurrency=16), ramp_fleet(),
+                until=1800, initial=2)
     max_waiting = max(s.total_waiting for _, s, _ in trace)
     assert max_waiting < 1.0, f"queue built up to {max_waiting:.1f}"
     # It ordered ahead: it asked for more than today's load needs. The fluid fleet holds
     # 6 s x rate requests in flight (Little's law), so today's need is ceil(6 x rate / 16).
     ahead = [(t, d) for t, s, d in trace if 300 < t < 1500 and d > math.ceil(ramp(t) * 6 / 16)]
-    assert len(ahead) > 100, "rarely ordered capacity ahead of current demand"
+    assert len(ahead) > 300, "rarely ordered capacity ahead of current demand"
+
+
+def test_without_lead_time_the_same_ramp_queues():
+    # The contrast that makes the test above meaningful: with no lead time (cold start
+    # assumed 0) the same policy sizes for today's demand only, and a queue builds.
+    trace = run(hybrid(default_service_time_s=8, target_concurrency=16, default_cold_start_s=0),
+                ramp_fleet(), until=1800, initial=2)
+    assert max(s.total_waiting for _, s, _ in trace) > 5
 
 
 def test_a_reactive_hpa_lets_the_same_ramp_queue():
-    # The contrast that makes the test above meaningful: the HPA on queue depth only reacts.
-    trace = run(registry.create("hpa", max_replicas=50), FluidFleet(ramp, cold_start_s=120),
-                until=1800, initial=2)
+    trace = run(registry.create("hpa", max_replicas=50), ramp_fleet(), until=1800, initial=2)
     assert max(s.total_waiting for _, s, _ in trace) > 20
 
 

@@ -1,0 +1,84 @@
+"""Invariants of every policy over random signal sequences (hypothesis)."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from policies import ReplicaReading, ReplicaState, Signals, SignalsBuilder, registry
+
+BOUNDS = {"min_replicas": 1, "max_replicas": 8}
+BOUNDS_ZERO = {"min_replicas": 0, "max_replicas": 8}
+POLICIES = {
+    "static": {**BOUNDS, "replicas": 3},
+    "hpa": BOUNDS,
+    "keda": BOUNDS_ZERO,
+    "kpa": BOUNDS_ZERO,
+    "hybrid": {**BOUNDS, "scale_down_stabilization_s": 20, "default_cold_start_s": 30},
+}
+
+replica = st.tuples(
+    st.sampled_from(list(ReplicaState)),
+    st.floats(0, 200),  # waiting
+    st.floats(0, 64),  # running
+    st.booleans(),  # scraped
+    st.floats(0, 50),  # finished-counter increment (a reset when negative draws happen below)
+    st.integers(0, 20),  # started-at offset
+)
+step = st.tuples(
+    st.floats(0.5, 40),  # dt
+    st.lists(replica, max_size=8),
+    st.integers(0, 8),  # current replicas (as the scaler last wrote them)
+    st.sampled_from([0.0, 0.0, 0.0, 5.0, 120.0]),  # data age
+    st.floats(0, 20),  # router waiting
+)
+sequences = st.lists(step, min_size=1, max_size=40)
+
+
+def build_signals(seq) -> list[Signals]:
+    builder = SignalsBuilder()
+    t = 1_000.0
+    counters: dict[int, float] = {}
+    out = []
+    for dt, reps, current, age, router in seq:
+        t += dt
+        readings = []
+        for i, (state, waiting, running, scraped, inc, offset) in enumerate(reps):
+            counters[i] = counters.get(i, 0.0) + inc
+            readings.append(ReplicaReading(
+                f"r{i}", state, started_at=t - offset * 10, scraped=scraped, waiting=waiting,
+                running=running, requests_finished=counters[i]))
+        out.append(builder.build(t, readings, current, data_age_s=age, router_waiting=router))
+    return out
+
+
+def decisions(name: str, signals: list[Signals]):
+    policy = registry.create(name, **POLICIES[name])
+    return [policy.decide(s) for s in signals]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seq=sequences, name=st.sampled_from(sorted(POLICIES)))
+def test_desired_within_bounds(seq, name):
+    lo, hi = POLICIES[name]["min_replicas"], POLICIES[name]["max_replicas"]
+    for s, d in zip(build_signals(seq), decisions(name, build_signals(seq)), strict=True):
+        if lo <= s.current_replicas <= hi:
+            assert lo <= d.desired_replicas <= hi, (name, s.current_replicas, d)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seq=sequences, name=st.sampled_from(sorted(POLICIES)))
+def test_same_signals_same_decisions(seq, name):
+    first = decisions(name, build_signals(seq))
+    second = decisions(name, build_signals(seq))
+    assert first == second
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seq=sequences)
+def test_hybrid_never_scales_down_on_incomplete_or_stale_data(seq):
+    policy = registry.create("hybrid", **POLICIES["hybrid"])
+    for s in build_signals(seq):
+        d = policy.decide(s)
+        if (not s.complete or s.data_age_s > 30) and BOUNDS["min_replicas"] <= s.current_replicas:
+            assert d.desired_replicas >= s.current_replicas, (s, d)
