@@ -62,7 +62,7 @@ class HybridParams(PolicyParams):
     min_replicas: int = 1
     max_replicas: int = 50
     target_concurrency: float = Field(
-        16.0, gt=0, description="requests in flight per replica to size for (below max_num_seqs)"
+        32.0, gt=0, description="requests in flight per replica to size for (below max_num_seqs)"
     )
     default_service_time_s: float = Field(
         8.0, gt=0, description="seconds a request stays running, until measured"
@@ -152,15 +152,15 @@ class HybridPolicy(Policy):
             "steady_demand_replicas": steady,
         }
 
-    def demand(self, s: Signals, lead_s: float) -> tuple[int, dict[str, float]]:
-        """Replicas for the larger of today's demand and the demand one cold start ahead."""
+    def demand(self, s: Signals, lead_s: float) -> tuple[float, dict[str, float]]:
+        """Replicas (fractional) for the larger of today's demand and the demand one cold start ahead."""
         level = self.forecaster.level
         forecast = self.forecaster.forecast(lead_s)
         rate = max(level or 0.0, forecast or 0.0)
         # What is running right now is a floor that needs no estimate at all.
         running_replicas = s.total_running / self.params.target_concurrency
         needed = max(self.replicas_for_rate(rate), running_replicas)
-        return math.ceil(needed - 1e-9), {
+        return needed, {
             "arrival_rate": s.arrival_rate if s.arrival_rate is not None else -1.0,
             "arrival_rate_level": level if level is not None else -1.0,
             "forecast_rate": forecast if forecast is not None else -1.0,
@@ -169,12 +169,12 @@ class HybridPolicy(Policy):
             "running_replicas": running_replicas,
         }
 
-    def backlog(self, s: Signals) -> int:
-        """Extra replicas to drain the current queue within `drain_target_s`."""
+    def backlog(self, s: Signals) -> float:
+        """Replicas (fractional) that drain the current queue within `drain_target_s`."""
         if s.total_waiting <= 0:
-            return 0
+            return 0.0
         per_replica = self.per_replica_throughput() * self.params.drain_target_s
-        return math.ceil(s.total_waiting / per_replica)
+        return s.total_waiting / per_replica
 
     # --- the decision ----------------------------------------------------------------
 
@@ -202,13 +202,16 @@ class HybridPolicy(Policy):
         backlog = self.backlog(s)
         if trustworthy:
             self._demand_history.add(s.time, self.replicas_for_rate(self.forecaster.level or 0.0))
-        raw = self.bounded(max(base, demand + backlog))
+        # Sum the fractions, round once: a 0.1-replica queue does not order a whole replica.
+        burst = math.ceil(demand + backlog - 1e-9)
+        raw = self.bounded(max(base, burst))
         terms: dict[str, float] = {
             "baseline": base,
             **base_terms,
             "lead_time_s": lead_s,
             "cold_start_learned": 1.0 if self.cold_start.learned else 0.0,
             "demand_replicas": demand,
+            "burst_replicas": burst,
             **demand_terms,
             "backlog_replicas": backlog,
             "waiting": s.total_waiting,
@@ -222,9 +225,12 @@ class HybridPolicy(Policy):
                 terms["stuck_starting"] = len(stuck)
                 return self._record(s, current, current, f"holding: {len(stuck)} replicas stuck starting", terms)
             # Scale up at once; starting replicas are already part of `current`.
-            why = "backlog" if backlog and demand + backlog > base else (
-                "forecast demand" if demand > base else "baseline"
-            )
+            if burst <= base:
+                why = "baseline"
+            elif backlog and math.ceil(demand - 1e-9) < burst:
+                why = "backlog"
+            else:
+                why = "forecast demand"
             return self._record(s, raw, current, f"scale up for {why}", terms)
 
         if not trustworthy:

@@ -29,7 +29,7 @@ class KpaParams(PolicyParams):
     min_replicas: int = Field(0, description="min-scale")
     max_replicas: int = Field(100, description="max-scale")
     target: float = Field(
-        8.0, gt=0, description="container-concurrency-target (requests in flight per replica)"
+        100.0, gt=0, description="container-concurrency-target (requests in flight per replica)"
     )
     target_utilization: float = Field(0.7, gt=0, le=1, description="target-utilization-percentage/100")
     stable_window_s: float = Field(60.0, ge=6, le=3600)

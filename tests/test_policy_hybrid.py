@@ -74,10 +74,18 @@ def test_stale_data_holds():
 
 def test_backlog_term_sizes_to_drain_queue():
     p, feed = hybrid(target_concurrency=16, default_service_time_s=8, drain_target_s=30), Feed()
-    # 120 waiting; one replica drains 16 / 8 = 2 req/s, 60 per 30 s -> 2 extra replicas.
+    # 120 waiting; one replica drains 16 / 8 = 2 req/s, 60 per 30 s -> 2 replicas' worth.
     d = p.decide(feed(0, [ready("a", 120, 16)]))
-    assert d.terms["backlog_replicas"] == 2
-    assert d.desired_replicas == d.terms["demand_replicas"] + 2
+    assert d.terms["backlog_replicas"] == 2.0
+    # 16 running on a target of 16 is one replica of demand; fractions are summed, then rounded.
+    assert d.terms["demand_replicas"] == 1.0
+    assert d.desired_replicas == 3
+
+
+def test_a_one_request_blip_does_not_order_a_replica():
+    p, feed = hybrid(target_concurrency=16, default_service_time_s=8), Feed()
+    d = p.decide(feed(0, [ready("a", 1, 8)]))
+    assert d.desired_replicas == 1
 
 
 def test_starting_replicas_count_as_capacity_in_flight():

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from qscale.commands import policies_cmd
+from qscale.commands import policies_cmd, simulate_cmd
 
 COMMANDS = {
     "policies": (policies_cmd.HELP, policies_cmd.add_arguments, policies_cmd.run),
+    "simulate": (simulate_cmd.HELP, simulate_cmd.add_arguments, simulate_cmd.run),
 }

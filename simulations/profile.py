@@ -1,0 +1,106 @@
+"""Replica performance profiles: how long one vLLM engine step takes.
+
+Form: ``step_s = base_s + prefill_token_s * P + decode_seq_s * D + context_token_s * C``
+where P is the prefill tokens in the step, D the decoding sequences and C the
+context tokens those sequences attend over.
+
+Why linear: a vLLM step is one forward pass over the batch. Its cost has a
+fixed part (reading all weights once, kernel launches, sampling: `base_s`), a
+compute-bound part that grows with the tokens pushed through the GEMMs
+(prefill: `prefill_token_s`), a small per-sequence part for decodes, and the
+memory-bound attention read of each decode's KV cache (`context_token_s`).
+This is the roofline decomposition Vidur and similar simulators fit per
+operator; summed over a step it stays linear in these four counts, and it lets
+a run of identical decode steps be integrated in closed form (see
+`decode_steps_time`), which is what makes the simulator fast.
+"""
+
+from __future__ import annotations
+
+import math
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from qscale.errors import UserError
+
+
+class PerformanceProfile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    model: str = ""
+    gpu: str = ""
+    base_s: float = Field(gt=0)
+    prefill_token_s: float = Field(ge=0)
+    decode_seq_s: float = Field(ge=0)
+    context_token_s: float = Field(ge=0)
+    block_size: int = Field(16, gt=0)
+    num_gpu_blocks: int = Field(gt=0)
+    max_num_seqs: int = Field(256, gt=0)
+    max_num_batched_tokens: int = Field(8192, gt=0)
+    max_model_len: int = Field(8192, gt=0)
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return self.num_gpu_blocks * self.block_size
+
+    def step_time(self, prefill_tokens: int, decode_seqs: int, context_tokens: float) -> float:
+        return (
+            self.base_s
+            + self.prefill_token_s * prefill_tokens
+            + self.decode_seq_s * decode_seqs
+            + self.context_token_s * context_tokens
+        )
+
+    def decode_steps_time(self, steps: int, seqs: int, context0: float) -> float:
+        """Time for `steps` pure-decode steps of `seqs` sequences whose contexts sum to `context0`.
+
+        Each step adds one token to every sequence, so step k (0-based) attends
+        over context0 + k * seqs tokens: an arithmetic series.
+        """
+        per_step = self.base_s + self.decode_seq_s * seqs
+        return steps * per_step + self.context_token_s * (
+            steps * context0 + seqs * steps * (steps - 1) / 2
+        )
+
+    def decode_steps_done(self, elapsed: float, seqs: int, context0: float) -> int:
+        """How many whole decode steps fit in `elapsed` (inverse of `decode_steps_time`)."""
+        if elapsed <= 0:
+            return 0
+        per_step = self.base_s + self.decode_seq_s * seqs
+        qa = self.context_token_s * seqs / 2
+        qb = per_step + self.context_token_s * (context0 - seqs / 2)
+        if qa <= 0:
+            k = elapsed / qb
+        else:
+            k = (-qb + math.sqrt(qb * qb + 4 * qa * elapsed)) / (2 * qa)
+        steps = max(0, int(k))
+        # Guard against rounding at the boundary.
+        while steps > 0 and self.decode_steps_time(steps, seqs, context0) > elapsed:
+            steps -= 1
+        while self.decode_steps_time(steps + 1, seqs, context0) <= elapsed:
+            steps += 1
+        return steps
+
+
+BUILTIN = ("llama3-8b-h100", "llama3-8b-a100")
+
+
+def load_profile(name_or_path: str) -> PerformanceProfile:
+    """A built-in profile by name, or a YAML file by path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise UserError(f"profile file not found: {path}")
+        text = path.read_text()
+    elif name_or_path in BUILTIN:
+        text = resources.files("simulations.profiles").joinpath(f"{name_or_path}.yaml").read_text()
+    else:
+        raise UserError(f"unknown profile {name_or_path!r} (built-in: {', '.join(BUILTIN)}, or a YAML path)")
+    try:
+        return PerformanceProfile(**yaml.safe_load(text))
+    except (ValidationError, TypeError, yaml.YAMLError) as exc:
+        raise UserError(f"invalid profile {name_or_path}: {str(exc).splitlines()[0]}") from None

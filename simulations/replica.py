@@ -1,0 +1,345 @@
+"""The replica model: one vLLM V1 engine's scheduler and timing.
+
+This is the single replica model of qscale: the simulator runs it against a
+simulated clock and the emulated server runs it against the wall clock. It
+needs only a clock with `now` and `at(time, fn, *args) -> handle.cancel()`.
+
+Scheduler behaviour (vLLM V1, FCFS):
+
+* every step, each running request in decode gets one token; the step's token
+  budget (`max_num_batched_tokens`) is spent on decodes first, then on partial
+  prefills of running requests, then on admitting waiting requests, while
+  fewer than `max_num_seqs` run (chunked prefill: a long prompt spans steps);
+* KV cache in tokens (`num_gpu_blocks x block_size`): a request is admitted
+  only if its next chunk fits; when decodes would not fit, the most recently
+  admitted running request is preempted and recomputed later (V1 preemption by
+  recompute, back to the front of the queue);
+* optional prefix caching: a request whose leading prefix blocks (trace hash
+  ids) are cached skips computing those tokens.
+
+Speed: while the batch is pure decode and nothing can be admitted, every step
+has the same shape, so the model jumps straight to the next completion (or KV
+exhaustion) in closed form (`PerformanceProfile.decode_steps_time`). An
+arrival that could be admitted cuts the run short at the next step boundary.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict, deque
+from typing import Any, Protocol
+
+from simulations.profile import PerformanceProfile
+from simulations.request import Request
+
+
+class Clock(Protocol):
+    @property
+    def now(self) -> float: ...
+
+    def at(self, time: float, fn: Any, *args: Any) -> Any: ...
+
+
+class ReplicaHooks:
+    """Callbacks from the model; the default does nothing."""
+
+    def first_token(self, req: Request) -> None: ...
+    def finished(self, req: Request) -> None: ...
+    def rejected(self, req: Request, why: str) -> None: ...
+    def idle(self, replica: ReplicaModel) -> None: ...
+
+
+class ReplicaModel:
+    def __init__(
+        self,
+        name: str,
+        profile: PerformanceProfile,
+        clock: Clock,
+        hooks: ReplicaHooks | None = None,
+        prefix_caching: bool = True,
+        prefix_block_tokens: int = 512,
+    ) -> None:
+        self.name = name
+        self.p = profile
+        self.clock = clock
+        self.hooks = hooks or ReplicaHooks()
+        self.prefix_caching = prefix_caching
+        self.prefix_block_tokens = prefix_block_tokens
+        self.kv_cap = profile.kv_capacity_tokens
+        self.waiting: deque[Request] = deque()
+        self.running: dict[int, Request] = {}  # admission order
+        self.prefilling: dict[int, Request] = {}  # running requests still in prefill
+        self._decode_heap: list[tuple[int, int, int, Request]] = []  # (finish step, rid, epoch, req)
+        self.steps = 0
+        self.n_dec = 0  # requests in decode
+        self.ctx_dec = 0.0  # context tokens over decoding requests
+        self.kv_used = 0  # tokens held in the KV cache
+        self._event: Any = None
+        self._segment: tuple[float, int, int, float] | None = None  # start, steps, seqs, ctx0
+        self._prefix_cache: OrderedDict[int, None] = OrderedDict()
+        self._prefix_cap = max(1, self.kv_cap // prefix_block_tokens)
+        # Cumulative counters, as vLLM's /metrics exposes them.
+        self.requests_finished = 0
+        self.generation_tokens = 0
+        self.prompt_tokens = 0
+        self.ttft_sum = 0.0
+        self.ttft_count = 0
+        self.prefix_queries = 0
+        self.prefix_hits = 0
+        self.preemptions = 0
+
+    # --- what /metrics shows ----------------------------------------------------------
+
+    def _segment_progress(self) -> int:
+        if self._segment is None:
+            return 0
+        start, steps, seqs, ctx0 = self._segment
+        return min(steps, self.p.decode_steps_done(self.clock.now - start, seqs, ctx0))
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    def kv_usage(self) -> float:
+        return min(1.0, (self.kv_used + self.n_dec * self._segment_progress()) / self.kv_cap)
+
+    def generation_tokens_now(self) -> int:
+        return self.generation_tokens + self.n_dec * self._segment_progress()
+
+    @property
+    def outstanding(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    # --- arrivals ---------------------------------------------------------------------
+
+    def submit(self, req: Request) -> None:
+        if req.prompt + 1 > self.p.max_model_len:
+            self.hooks.rejected(req, "prompt longer than max_model_len")
+            return
+        req.replica = self
+        self.waiting.append(req)
+        if self._event is None:
+            self._plan()
+        elif self._segment is not None and len(self.running) < self.p.max_num_seqs:
+            self._cut_segment()
+
+    def drop_expired(self, now: float, timeout_s: float) -> list[Request]:
+        """Remove queued requests whose client gave up (no first token within `timeout_s`)."""
+        expired = [
+            r for r in self.waiting if r.first_token is None and now - r.arrival > timeout_s
+        ]
+        if expired:
+            gone = {r.rid for r in expired}
+            self.waiting = deque(r for r in self.waiting if r.rid not in gone)
+            self.requests_finished += len(expired)  # vLLM counts aborts as finished (reason abort)
+            for r in expired:
+                r.dropped = True
+        return expired
+
+    def take_waiting(self) -> list[Request]:
+        """Hand back queued requests that were never scheduled (replica going away)."""
+        taken = [r for r in self.waiting if r.scheduled is None]
+        self.waiting = deque(r for r in self.waiting if r.scheduled is not None)
+        return taken
+
+    # --- the scheduler ----------------------------------------------------------------
+
+    def _cut_segment(self) -> None:
+        """End the running decode segment at the next step boundary."""
+        assert self._segment is not None
+        start, steps, seqs, ctx0 = self._segment
+        done = self.p.decode_steps_done(self.clock.now - start, seqs, ctx0)
+        cut = min(steps, done + 1)
+        if cut < steps:
+            self._event.cancel()
+            self._segment = (start, cut, seqs, ctx0)
+            end = start + self.p.decode_steps_time(cut, seqs, ctx0)
+            self._event = self.clock.at(end, self._segment_end, cut)
+
+    def _current_generated(self, req: Request) -> int:
+        return req.join_generated + (self.steps - req.join_step)
+
+    def _preempt_last(self) -> None:
+        rid, req = self.running.popitem()
+        if rid in self.prefilling:
+            del self.prefilling[rid]
+            self.kv_used -= req.computed
+        else:
+            gen = self._current_generated(req)
+            req.generated = gen
+            self.n_dec -= 1
+            self.ctx_dec -= req.prompt + gen
+            self.kv_used -= req.prompt + gen
+            req.epoch += 1  # its completion entry in the heap is now stale
+        req.computed = 0
+        req.prefill_left = req.prompt + req.generated  # recompute prompt and generated tokens
+        self.waiting.appendleft(req)
+        self.preemptions += 1
+
+    def _prefix_lookup(self, req: Request) -> None:
+        """On first admission: skip the leading blocks already in the prefix cache."""
+        self.prefix_queries += req.prompt
+        if not (self.prefix_caching and req.hashes):
+            return
+        hits = 0
+        for h in req.hashes:
+            if h not in self._prefix_cache:
+                break
+            self._prefix_cache.move_to_end(h)
+            hits += 1
+        cached = min(hits * self.prefix_block_tokens, req.prompt - 1)
+        if cached > 0:
+            req.cached_tokens = cached
+            req.computed = cached
+            req.prefill_left = req.prompt - cached
+            self.kv_used += cached
+            self.prefix_hits += cached
+
+    def _prefix_insert(self, req: Request) -> None:
+        if not (self.prefix_caching and req.hashes):
+            return
+        cache = self._prefix_cache
+        for h in req.hashes:
+            cache[h] = None
+            cache.move_to_end(h)
+        while len(cache) > self._prefix_cap:
+            cache.popitem(last=False)
+
+    def _plan(self) -> None:
+        """Choose the next step (or decode segment) and schedule its end."""
+        p = self.p
+        now = self.clock.now
+        self._event = None
+        self._segment = None
+        # Decodes need one more KV slot each; preempt the newest until they fit.
+        while self.n_dec and self.kv_used + self.n_dec > self.kv_cap:
+            self._preempt_last()
+
+        budget = p.max_num_batched_tokens - self.n_dec
+        free = self.kv_cap - self.kv_used - self.n_dec
+        chunks: list[tuple[Request, int]] = []
+        prefill_tokens = 0
+        for req in self.prefilling.values():
+            if budget <= 0:
+                break
+            t = min(req.prefill_left, budget)
+            if t > free:
+                break
+            chunks.append((req, t))
+            budget -= t
+            free -= t
+            prefill_tokens += t
+        waiting = self.waiting
+        while waiting and budget > 0 and len(self.running) < p.max_num_seqs:
+            req = waiting[0]
+            fresh = req.scheduled is None
+            if fresh and req.generated == 0 and req.computed == 0:
+                self._prefix_lookup(req)
+                free = self.kv_cap - self.kv_used - self.n_dec
+            t = min(req.prefill_left, budget)
+            if t > free:
+                break  # not enough KV for its next chunk: wait for a completion
+            waiting.popleft()
+            if fresh:
+                req.scheduled = now
+            self.running[req.rid] = req
+            self.prefilling[req.rid] = req
+            chunks.append((req, t))
+            budget -= t
+            free -= t
+            prefill_tokens += t
+
+        if chunks:
+            dt = p.step_time(prefill_tokens, self.n_dec, self.ctx_dec)
+            self._event = self.clock.at(now + dt, self._step_end, chunks)
+            return
+        if self.n_dec == 0:
+            if waiting and not self.running:
+                # Nothing runs and the head still does not fit: it never will.
+                req = waiting.popleft()
+                self.kv_used -= req.computed
+                self.hooks.rejected(req, "prompt does not fit in the KV cache")
+                self._plan()
+                return
+            if not self.running:
+                self.hooks.idle(self)
+            return
+        # Pure decode: jump to the next completion or to KV exhaustion in one segment.
+        heap = self._decode_heap
+        while heap and (heap[0][3].epoch != heap[0][2] or heap[0][1] not in self.running):
+            heapq.heappop(heap)
+        steps = max(1, heap[0][0] - self.steps)
+        room = (self.kv_cap - self.kv_used) // self.n_dec
+        steps = max(1, min(steps, room))
+        self._segment = (now, steps, self.n_dec, self.ctx_dec)
+        end = now + p.decode_steps_time(steps, self.n_dec, self.ctx_dec)
+        self._event = self.clock.at(end, self._segment_end, steps)
+
+    def _advance_decodes(self, steps: int) -> None:
+        n = self.n_dec
+        self.steps += steps
+        self.ctx_dec += n * steps
+        self.kv_used += n * steps
+        self.generation_tokens += n * steps
+
+    def _segment_end(self, steps: int) -> None:
+        self._advance_decodes(steps)
+        self._finish_decodes()
+        self._plan()
+
+    def _step_end(self, chunks: list[tuple[Request, int]]) -> None:
+        now = self.clock.now
+        self._advance_decodes(1)
+        for req, t in chunks:
+            req.prefill_left -= t
+            req.computed += t
+            self.kv_used += t
+            self.prompt_tokens += t
+            if req.prefill_left > 0:
+                continue
+            # Prefill done: this step sampled the next token.
+            del self.prefilling[req.rid]
+            req.generated += 1
+            self.generation_tokens += 1
+            self.kv_used += 1
+            if req.first_token is None:
+                req.first_token = now
+                self.ttft_sum += now - req.arrival
+                self.ttft_count += 1
+                self._prefix_insert(req)
+                self.hooks.first_token(req)
+            if req.generated >= req.output:
+                self._finish(req)
+                continue
+            req.join_step = self.steps
+            req.join_generated = req.generated
+            self.n_dec += 1
+            self.ctx_dec += req.prompt + req.generated
+            heapq.heappush(
+                self._decode_heap,
+                (self.steps + req.output - req.generated, req.rid, req.epoch, req),
+            )
+        self._finish_decodes()
+        self._plan()
+
+    def _finish_decodes(self) -> None:
+        heap = self._decode_heap
+        while heap and heap[0][0] <= self.steps:
+            _, rid, epoch, req = heapq.heappop(heap)
+            if req.epoch != epoch or rid not in self.running or rid in self.prefilling:
+                continue
+            self.n_dec -= 1
+            self.ctx_dec -= req.prompt + req.output
+            req.generated = req.output
+            self._finish(req)
+
+    def _finish(self, req: Request) -> None:
+        req.finished = self.clock.now
+        self.kv_used -= req.prompt + req.generated
+        del self.running[req.rid]
+        self.requests_finished += 1
+        self.hooks.finished(req)
