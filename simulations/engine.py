@@ -1,7 +1,9 @@
 """A tiny discrete-event core: a simulated clock and a heap of timed callbacks.
 
 Events at the same time run in the order they were scheduled (a sequence
-number breaks ties), so a run is deterministic for a given seed.
+number breaks ties), so a run is deterministic for a given seed. An event is
+a heap entry `[time, seq, fn, args]`; cancelling blanks its callback (lazy
+deletion), which keeps scheduling to one list and one heap push.
 """
 
 from __future__ import annotations
@@ -11,42 +13,33 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
-
-class Event:
-    """A scheduled callback; `cancel()` makes it a no-op (lazy deletion)."""
-
-    __slots__ = ("time", "fn", "args", "cancelled")
-
-    def __init__(self, time: float, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        self.time = time
-        self.fn = fn
-        self.args = args
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
+EventHandle = list  # [time, seq, fn | None, args]
 
 
 class EventLoop:
     def __init__(self, start: float = 0.0) -> None:
         self.now = start
-        self._heap: list[tuple[float, int, Event]] = []
+        self._heap: list[EventHandle] = []
         self._seq = itertools.count()
 
-    def at(self, time: float, fn: Callable[..., Any], *args: Any) -> Event:
+    def at(self, time: float, fn: Callable[..., Any], *args: Any) -> EventHandle:
         if time < self.now:
             time = self.now
-        ev = Event(time, fn, args)
-        heapq.heappush(self._heap, (time, next(self._seq), ev))
+        ev = [time, next(self._seq), fn, args]
+        heapq.heappush(self._heap, ev)
         return ev
 
-    def after(self, delay: float, fn: Callable[..., Any], *args: Any) -> Event:
+    def after(self, delay: float, fn: Callable[..., Any], *args: Any) -> EventHandle:
         return self.at(self.now + delay, fn, *args)
+
+    @staticmethod
+    def cancel(ev: EventHandle) -> None:
+        ev[2] = None
 
     def next_time(self) -> float:
         """Time of the next live event, or +inf."""
         heap = self._heap
-        while heap and heap[0][2].cancelled:
+        while heap and heap[0][2] is None:
             heapq.heappop(heap)
         return heap[0][0] if heap else float("inf")
 
@@ -55,12 +48,13 @@ class EventLoop:
         heap = self._heap
         pop = heapq.heappop
         while heap and heap[0][0] <= until:
-            _, _, ev = pop(heap)
-            if ev.cancelled:
+            time, _, fn, args = pop(heap)
+            if fn is None:
                 continue
-            self.now = ev.time
-            ev.fn(*ev.args)
-        self.now = max(self.now, until)
+            self.now = time
+            fn(*args)
+        if until > self.now:
+            self.now = until
 
     def __len__(self) -> int:
         return len(self._heap)

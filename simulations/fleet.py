@@ -14,7 +14,7 @@ import numpy as np
 
 from policies import ReplicaReading, ReplicaState
 from simulations.coldstart import ColdStartModel
-from simulations.engine import Event, EventLoop
+from simulations.engine import EventHandle, EventLoop
 from simulations.profile import PerformanceProfile
 from simulations.replica import ReplicaHooks, ReplicaModel
 from simulations.request import Request
@@ -29,7 +29,7 @@ class SimReplica:
     state: ReplicaState = ReplicaState.STARTING
     ready_at: float | None = None
     stopped_at: float | None = None
-    ready_event: Event | None = None
+    ready_event: EventHandle | None = None
 
 
 @dataclass
@@ -125,7 +125,7 @@ class Fleet(ReplicaHooks):
         for rep in victims[:count]:
             if rep.state is ReplicaState.STARTING:
                 if rep.ready_event is not None:
-                    rep.ready_event.cancel()
+                    EventLoop.cancel(rep.ready_event)
                 self._stop(rep)
             else:
                 rep.state = ReplicaState.DRAINING

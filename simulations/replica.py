@@ -2,7 +2,7 @@
 
 This is the single replica model of qscale: the simulator runs it against a
 simulated clock and the emulated server runs it against the wall clock. It
-needs only a clock with `now` and `at(time, fn, *args) -> handle.cancel()`.
+needs only a clock with `now`, `at(time, fn, *args) -> handle` and `cancel(handle)`.
 
 Scheduler behaviour (vLLM V1, FCFS):
 
@@ -38,6 +38,8 @@ class Clock(Protocol):
     def now(self) -> float: ...
 
     def at(self, time: float, fn: Any, *args: Any) -> Any: ...
+
+    def cancel(self, handle: Any) -> None: ...
 
 
 class ReplicaHooks:
@@ -155,7 +157,7 @@ class ReplicaModel:
         done = self.p.decode_steps_done(self.clock.now - start, seqs, ctx0)
         cut = min(steps, done + 1)
         if cut < steps:
-            self._event.cancel()
+            self.clock.cancel(self._event)
             self._segment = (start, cut, seqs, ctx0)
             end = start + self.p.decode_steps_time(cut, seqs, ctx0)
             self._event = self.clock.at(end, self._segment_end, cut)
@@ -215,49 +217,56 @@ class ReplicaModel:
         now = self.clock.now
         self._event = None
         self._segment = None
+        n_dec = self.n_dec
         # Decodes need one more KV slot each; preempt the newest until they fit.
-        while self.n_dec and self.kv_used + self.n_dec > self.kv_cap:
-            self._preempt_last()
+        if n_dec and self.kv_used + n_dec > self.kv_cap:
+            while self.n_dec and self.kv_used + self.n_dec > self.kv_cap:
+                self._preempt_last()
+            n_dec = self.n_dec
 
-        budget = p.max_num_batched_tokens - self.n_dec
-        free = self.kv_cap - self.kv_used - self.n_dec
+        budget = p.max_num_batched_tokens - n_dec
+        free = self.kv_cap - self.kv_used - n_dec
         chunks: list[tuple[Request, int]] = []
         prefill_tokens = 0
-        for req in self.prefilling.values():
-            if budget <= 0:
-                break
-            t = min(req.prefill_left, budget)
-            if t > free:
-                break
-            chunks.append((req, t))
-            budget -= t
-            free -= t
-            prefill_tokens += t
+        if self.prefilling:
+            for req in self.prefilling.values():
+                if budget <= 0:
+                    break
+                t = req.prefill_left if req.prefill_left < budget else budget
+                if t > free:
+                    break
+                chunks.append((req, t))
+                budget -= t
+                free -= t
+                prefill_tokens += t
         waiting = self.waiting
-        while waiting and budget > 0 and len(self.running) < p.max_num_seqs:
-            req = waiting[0]
-            fresh = req.scheduled is None
-            if fresh and req.generated == 0 and req.computed == 0:
-                self._prefix_lookup(req)
-                free = self.kv_cap - self.kv_used - self.n_dec
-            t = min(req.prefill_left, budget)
-            if t > free:
-                break  # not enough KV for its next chunk: wait for a completion
-            waiting.popleft()
-            if fresh:
-                req.scheduled = now
-            self.running[req.rid] = req
-            self.prefilling[req.rid] = req
-            chunks.append((req, t))
-            budget -= t
-            free -= t
-            prefill_tokens += t
+        if waiting:
+            running = self.running
+            max_seqs = p.max_num_seqs
+            while waiting and budget > 0 and len(running) < max_seqs:
+                req = waiting[0]
+                fresh = req.scheduled is None
+                if fresh and req.generated == 0 and req.computed == 0:
+                    self._prefix_lookup(req)
+                    free = self.kv_cap - self.kv_used - n_dec - prefill_tokens
+                t = req.prefill_left if req.prefill_left < budget else budget
+                if t > free:
+                    break  # not enough KV for its next chunk: wait for a completion
+                waiting.popleft()
+                if fresh:
+                    req.scheduled = now
+                running[req.rid] = req
+                self.prefilling[req.rid] = req
+                chunks.append((req, t))
+                budget -= t
+                free -= t
+                prefill_tokens += t
 
         if chunks:
-            dt = p.step_time(prefill_tokens, self.n_dec, self.ctx_dec)
+            dt = p.base_s + p.prefill_token_s * prefill_tokens + p.decode_seq_s * n_dec + p.context_token_s * self.ctx_dec
             self._event = self.clock.at(now + dt, self._step_end, chunks)
             return
-        if self.n_dec == 0:
+        if n_dec == 0:
             if waiting and not self.running:
                 # Nothing runs and the head still does not fit: it never will.
                 req = waiting.popleft()
@@ -270,13 +279,21 @@ class ReplicaModel:
             return
         # Pure decode: jump to the next completion or to KV exhaustion in one segment.
         heap = self._decode_heap
-        while heap and (heap[0][3].epoch != heap[0][2] or heap[0][1] not in self.running):
+        running = self.running
+        while heap:
+            top = heap[0]
+            if top[3].epoch == top[2] and top[1] in running:
+                break
             heapq.heappop(heap)
-        steps = max(1, heap[0][0] - self.steps)
-        room = (self.kv_cap - self.kv_used) // self.n_dec
-        steps = max(1, min(steps, room))
-        self._segment = (now, steps, self.n_dec, self.ctx_dec)
-        end = now + p.decode_steps_time(steps, self.n_dec, self.ctx_dec)
+        steps = heap[0][0] - self.steps
+        room = (self.kv_cap - self.kv_used) // n_dec
+        if room < steps:
+            steps = room
+        if steps < 1:
+            steps = 1
+        ctx = self.ctx_dec
+        self._segment = (now, steps, n_dec, ctx)
+        end = now + p.decode_steps_time(steps, n_dec, ctx)
         self._event = self.clock.at(end, self._segment_end, steps)
 
     def _advance_decodes(self, steps: int) -> None:

@@ -109,6 +109,7 @@ class _Ticker:
         loop, fleet, cfg = self.loop, self.fleet, self.cfg
         now = loop.now
         fleet.drop_expired(cfg.client_timeout_s)
+        self.stats.fold()
         readings = fleet.readings(cfg.scrape_failure_rate)
         router_waiting = float(len(fleet.pending))
         age = 0.0
