@@ -95,7 +95,7 @@ def compare(
         policy = factories[name]()
         if name == "static" and "replicas" not in sets.get(name, {}):
             # Static provisioning for the peak the oracle needed (what a careful team would buy).
-            peak = max((row.ready for row in oracle.timeline), default=1)
+            peak = int(OraclePolicy(demand, lead, utilization).need.max(initial=1))
             policy = registry.create("static", replicas=max(1, peak), max_replicas=max(max_replicas, peak))
         results[name] = run(policy, name)
     for r in results.values():

@@ -35,6 +35,7 @@ class SimReplica:
 @dataclass
 class FleetStats:
     gpu_seconds: float = 0.0  # of stopped replicas; live ones are added on read
+    ready_seconds: float = 0.0  # time stopped replicas spent ready or draining
     starts: int = 0
     cold_starts: list[float] = field(default_factory=list)
 
@@ -136,6 +137,8 @@ class Fleet(ReplicaHooks):
     def _stop(self, rep: SimReplica) -> None:
         rep.stopped_at = self.loop.now
         self.fleet_stats.gpu_seconds += rep.stopped_at - rep.created_at
+        if rep.ready_at is not None:
+            self.fleet_stats.ready_seconds += rep.stopped_at - rep.ready_at
         self.replicas.remove(rep)
         del self._by_model[id(rep.model)]
         self._warm_nodes.append(self.loop.now)

@@ -70,6 +70,7 @@ class SimResult:
     e2e_p99_s: float | None
     queue_p99_s: float | None
     gpu_hours: float
+    ready_hours: float  # replica-hours spent ready or draining (<= gpu_hours)
     cost: float
     scale_events: int
     flaps: int
@@ -205,6 +206,7 @@ def simulate(
     duration = loop.now
     gpu_hours = fleet.gpu_seconds() / 3600.0
     fleet.stop_all()
+    ready_hours = fleet.fleet_stats.ready_seconds / 3600.0
     if progress is not None:
         progress(last_arrival)
     cold = fleet.fleet_stats.cold_starts
@@ -223,6 +225,7 @@ def simulate(
         e2e_p99_s=stats.e2e.quantile(0.99),
         queue_p99_s=stats.queue.quantile(0.99),
         gpu_hours=gpu_hours,
+        ready_hours=ready_hours,
         cost=gpu_hours * cfg.gpu_hour_price,
         scale_events=ticker.scale_events,
         flaps=ticker.flaps,

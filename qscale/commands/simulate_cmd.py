@@ -49,8 +49,11 @@ def _check(args: argparse.Namespace) -> None:
     if args.slo_ttft is not None and args.slo_ttft <= 0:
         raise UserError("--slo-ttft must be positive")
     for out in (args.json, args.plot):
-        if out is not None and not out.parent.exists():
-            raise UserError(f"output folder does not exist: {out.parent}")
+        if out is not None:
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UserError(f"cannot create output folder {out.parent}: {exc.strerror}") from None
     if not args.trace.startswith("synthetic:") and not Path(args.trace).is_file():
         raise UserError(f"trace file not found: {args.trace}")
 

@@ -99,7 +99,12 @@ def parse_spec(spec: str) -> tuple[str, dict[str, float]]:
 
 
 def generate(spec: str) -> Iterator[TraceChunk]:
+    """Validate the spec now (errors surface at once), then stream chunks lazily."""
     name, params = parse_spec(spec)
+    return _chunks(name, params)
+
+
+def _chunks(name: str, params: dict[str, float]) -> Iterator[TraceChunk]:
     rng = np.random.default_rng(int(params["seed"]))
     rate_fn = PROCESSES[name](params, rng)
     duration = params["duration"]
