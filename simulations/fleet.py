@@ -50,8 +50,10 @@ class Fleet(ReplicaHooks):
         rng: np.random.Generator,
         router: str = "round_robin",
         prefix_caching: bool = True,
+        analytic: bool = True,
     ) -> None:
         self.loop = loop
+        self.analytic = analytic
         self.profile = profile
         self.cold_start = cold_start
         self.stats = stats
@@ -99,7 +101,9 @@ class Fleet(ReplicaHooks):
 
     def _start(self, cold_start_s: float | None = None) -> SimReplica:
         self._n += 1
-        model = ReplicaModel(f"replica-{self._n}", self.profile, self.loop, self, self.prefix_caching)
+        model = ReplicaModel(
+            f"replica-{self._n}", self.profile, self.loop, self, self.prefix_caching, analytic=self.analytic
+        )
         rep = SimReplica(model, self.loop.now)
         self.replicas.append(rep)
         self._by_model[id(model)] = rep

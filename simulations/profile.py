@@ -76,13 +76,13 @@ class PerformanceProfile(BaseModel):
         if qa <= 0:
             k = elapsed / qb
         else:
-            k = (-qb + math.sqrt(qb * qb + 4 * qa * elapsed)) / (2 * qa)
-        steps = max(0, int(k))
-        # Guard against rounding at the boundary.
-        while steps > 0 and self.decode_steps_time(steps, seqs, context0) > elapsed:
-            steps -= 1
-        while self.decode_steps_time(steps + 1, seqs, context0) <= elapsed:
-            steps += 1
+            k = 2 * elapsed / (qb + math.sqrt(qb * qb + 4 * qa * elapsed))  # stable root
+        steps = int(k)
+        # Guard against rounding at the boundary (at most one step either way).
+        if steps > 0 and self.decode_steps_time(steps, seqs, context0) > elapsed:
+            return steps - 1
+        if self.decode_steps_time(steps + 1, seqs, context0) <= elapsed:
+            return steps + 1
         return steps
 
 

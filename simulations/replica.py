@@ -52,6 +52,14 @@ class ReplicaHooks:
 
 
 class ReplicaModel:
+    __slots__ = (
+        "_decode_heap", "_event", "_prefix_cache", "_prefix_cap", "_segment", "analytic", "clock",
+        "ctx_dec", "generation_tokens", "hooks", "kv_cap", "kv_used", "n_dec", "name", "p",
+        "preemptions", "prefilling", "prefix_block_tokens", "prefix_caching", "prefix_hits",
+        "prefix_queries", "prompt_tokens", "requests_finished", "running", "steps", "ttft_count",
+        "ttft_sum", "waiting", "__weakref__",
+    )
+
     def __init__(
         self,
         name: str,
@@ -60,12 +68,15 @@ class ReplicaModel:
         hooks: ReplicaHooks | None = None,
         prefix_caching: bool = True,
         prefix_block_tokens: int = 512,
+        analytic: bool = True,
     ) -> None:
+        """`analytic=False` steps every decode iteration (the reference for benchmarks)."""
         self.name = name
         self.p = profile
         self.clock = clock
         self.hooks = hooks or ReplicaHooks()
         self.prefix_caching = prefix_caching
+        self.analytic = analytic
         self.prefix_block_tokens = prefix_block_tokens
         self.kv_cap = profile.kv_capacity_tokens
         self.waiting: deque[Request] = deque()
@@ -289,7 +300,7 @@ class ReplicaModel:
         room = (self.kv_cap - self.kv_used) // n_dec
         if room < steps:
             steps = room
-        if steps < 1:
+        if steps < 1 or not self.analytic:
             steps = 1
         ctx = self.ctx_dec
         self._segment = (now, steps, n_dec, ctx)
@@ -297,15 +308,21 @@ class ReplicaModel:
         self._event = self.clock.at(end, self._segment_end, steps)
 
     def _advance_decodes(self, steps: int) -> None:
-        n = self.n_dec
+        n = self.n_dec * steps
         self.steps += steps
-        self.ctx_dec += n * steps
-        self.kv_used += n * steps
-        self.generation_tokens += n * steps
+        self.ctx_dec += n
+        self.kv_used += n
+        self.generation_tokens += n
 
     def _segment_end(self, steps: int) -> None:
-        self._advance_decodes(steps)
-        self._finish_decodes()
+        n = self.n_dec * steps
+        self.steps += steps
+        self.ctx_dec += n
+        self.kv_used += n
+        self.generation_tokens += n
+        heap = self._decode_heap
+        if heap and heap[0][0] <= self.steps:
+            self._finish_decodes()
         self._plan()
 
     def _step_end(self, chunks: list[tuple[Request, int]]) -> None:

@@ -43,6 +43,7 @@ class SimConfig(BaseModel):
     initial_replicas: int = Field(1, ge=0)
     router: str = "round_robin"
     prefix_caching: bool = True
+    analytic_decode: bool = True  # False: step every decode iteration (benchmark reference)
     scrape_lag_s: float = Field(0.0, ge=0)
     scrape_failure_rate: float = Field(0.0, ge=0, le=1)
     timeline_interval_s: float = Field(30.0, gt=0)
@@ -170,7 +171,8 @@ def simulate(
     loop = EventLoop()
     rng = np.random.default_rng(cfg.seed)
     stats = RequestStats(cfg.slo_ttft_s)
-    fleet = Fleet(loop, cfg.profile, cfg.cold_start, stats, rng, cfg.router, cfg.prefix_caching)
+    fleet = Fleet(loop, cfg.profile, cfg.cold_start, stats, rng, cfg.router, cfg.prefix_caching,
+                  analytic=cfg.analytic_decode)
     if on_request is not None:
         _wrap_hooks(fleet, on_request)
     fleet.start_warm(cfg.initial_replicas)
