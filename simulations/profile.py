@@ -73,10 +73,8 @@ class PerformanceProfile(BaseModel):
         per_step = self.base_s + self.decode_seq_s * seqs
         qa = self.context_token_s * seqs / 2
         qb = per_step + self.context_token_s * (context0 - seqs / 2)
-        if qa <= 0:
-            k = elapsed / qb
-        else:
-            k = 2 * elapsed / (qb + math.sqrt(qb * qb + 4 * qa * elapsed))  # stable root
+        # Positive root of qa k^2 + qb k - elapsed = 0, in the form that is stable as qa -> 0.
+        k = 2 * elapsed / (qb + math.sqrt(qb * qb + 4 * qa * elapsed))
         steps = int(k)
         # Guard against rounding at the boundary (at most one step either way).
         if steps > 0 and self.decode_steps_time(steps, seqs, context0) > elapsed:
