@@ -57,7 +57,7 @@ class ReplicaModel:
         "ctx_dec", "generation_tokens", "hooks", "kv_cap", "kv_used", "n_dec", "name", "p",
         "preemptions", "prefilling", "prefix_block_tokens", "prefix_caching", "prefix_hits",
         "prefix_queries", "prompt_tokens", "requests_finished", "running", "steps", "ttft_count",
-        "ttft_sum", "waiting", "__weakref__",
+        "ttft_sum", "waiting", "_aborted", "__weakref__",
     )
 
     def __init__(
@@ -89,6 +89,7 @@ class ReplicaModel:
         self.kv_used = 0  # tokens held in the KV cache
         self._event: Any = None
         self._segment: tuple[float, int, int, float] | None = None  # start, steps, seqs, ctx0
+        self._aborted: set[int] = set()
         self._prefix_cache: OrderedDict[int, None] = OrderedDict()
         self._prefix_cap = max(1, self.kv_cap // prefix_block_tokens)
         # Cumulative counters, as vLLM's /metrics exposes them.
@@ -152,6 +153,44 @@ class ReplicaModel:
             for r in expired:
                 r.dropped = True
         return expired
+
+    def abort(self, req: Request) -> bool:
+        """A client went away: vLLM aborts its request. True if it was still here.
+
+        A queued request leaves at once; a running one leaves at the next step
+        boundary (the batch of a step in flight cannot change).
+        """
+        if req.finished is not None or req.dropped:
+            return False
+        if req in self.waiting:
+            self.waiting.remove(req)
+        elif req.rid in self.running:
+            self._aborted.add(req.rid)
+            if self._segment is not None:
+                self._cut_segment()
+            elif self._event is None:
+                self._apply_aborts()
+        else:
+            return False
+        req.dropped = True
+        self.requests_finished += 1
+        return True
+
+    def _apply_aborts(self) -> None:
+        for rid in self._aborted:
+            req = self.running.pop(rid, None)
+            if req is None:
+                continue
+            if rid in self.prefilling:
+                del self.prefilling[rid]
+                self.kv_used -= req.computed
+            else:
+                gen = self._current_generated(req)
+                self.n_dec -= 1
+                self.ctx_dec -= req.prompt + gen
+                self.kv_used -= req.prompt + gen
+                req.epoch += 1
+        self._aborted.clear()
 
     def take_waiting(self) -> list[Request]:
         """Hand back queued requests that were never scheduled (replica going away)."""
@@ -323,6 +362,8 @@ class ReplicaModel:
         heap = self._decode_heap
         if heap and heap[0][0] <= self.steps:
             self._finish_decodes()
+        if self._aborted:
+            self._apply_aborts()
         self._plan()
 
     def _step_end(self, chunks: list[tuple[Request, int]]) -> None:
@@ -358,6 +399,8 @@ class ReplicaModel:
                 (self.steps + req.output - req.generated, req.rid, req.epoch, req),
             )
         self._finish_decodes()
+        if self._aborted:
+            self._apply_aborts()
         self._plan()
 
     def _finish_decodes(self) -> None:
@@ -372,6 +415,11 @@ class ReplicaModel:
             self._finish(req)
 
     def _finish(self, req: Request) -> None:
+        if req.rid in self._aborted:
+            self._aborted.discard(req.rid)
+            self.kv_used -= req.prompt + req.generated
+            del self.running[req.rid]
+            return
         req.finished = self.clock.now
         self.kv_used -= req.prompt + req.generated
         del self.running[req.rid]

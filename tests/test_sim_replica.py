@@ -121,3 +121,18 @@ def test_closed_form_decode_equals_stepping(steps, seqs, ctx):
         assert H100.decode_steps_done(closed * (1 - 1e-9) - 1e-12, seqs, ctx) == steps - 1 or math.isclose(
             closed, 0.0
         )
+
+
+def test_abort_frees_the_request_queued_or_running():
+    p = tiny_profile(max_num_seqs=1)
+    loop, rep, rec = one_replica(p)
+    a, b = Request(0, 0.0, 100, 500), Request(1, 0.0, 100, 5)
+    loop.at(0.0, rep.submit, a)
+    loop.at(0.0, rep.submit, b)
+    loop.run_until(0.5)
+    assert rep.abort(b) and rep.num_waiting == 0  # queued: gone at once
+    assert rep.abort(a)  # running: gone at the next step boundary
+    loop.run_until(1.0)
+    assert rep.num_running == 0 and rep.kv_used == 0 and rep.n_dec == 0
+    assert rec.finished_reqs == [] and rep.requests_finished == 2
+    assert not rep.abort(a)

@@ -1,0 +1,1 @@
+"""The serving side: a vLLM-compatible emulated server and helpers to launch real vLLM."""

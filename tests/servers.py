@@ -1,0 +1,57 @@
+"""Start and stop servers for tests: free ports, waiting for readiness, clean shutdown."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None) -> float:
+    """Seconds until `url` answers 200; raises if it does not in time or the process dies."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if http_get(url, timeout=1.0)[0] == 200:
+                return time.monotonic() - start
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready after {timeout_s}s")
+
+
+@contextlib.contextmanager
+def qscale_process(*args: str, env: dict | None = None):
+    proc = subprocess.Popen([sys.executable, "-m", "qscale.cli", *args], cwd=ROOT,
+                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)

@@ -1,0 +1,196 @@
+"""The emulated vLLM server: API, metrics that match the model, cold start, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import threading
+import time
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from server.emulator import EmulatedServer, EmulatorConfig
+from simulations.profile import load_profile
+from tests.servers import free_port, http_get, qscale_process, wait_http
+
+H100 = load_profile("llama3-8b-h100")
+
+
+def families(text: str) -> dict:
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def value(fams: dict, name: str, **labels) -> float:
+    for s in fams[name].samples:
+        if s.name.endswith(("_created", "_bucket")):
+            continue
+        if all(s.labels.get(k) == v for k, v in labels.items()):
+            return s.value
+    raise KeyError(name)
+
+
+async def _with_server(fn, **config):
+    srv = EmulatedServer(EmulatorConfig(profile=config.pop("profile", H100), **config))
+    from aiohttp import web
+
+    runner = web.AppRunner(srv.build_app())
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            return await fn(srv, session, f"http://127.0.0.1:{port}")
+    finally:
+        await runner.cleanup()
+
+
+def test_completion_timing_follows_the_replica_model():
+    async def body(srv, session, base):
+        t0 = time.perf_counter()
+        async with session.post(f"{base}/v1/completions", json={"prompt": "w " * 2000, "max_tokens": 200}) as r:
+            data = await r.json()
+        took = time.perf_counter() - t0
+        return data, took
+
+    data, took = asyncio.run(_with_server(body))
+    assert data["usage"] == {"prompt_tokens": 2000, "completion_tokens": 200, "total_tokens": 2200}
+    expected = H100.step_time(2000, 0, 0) + H100.decode_steps_time(199, 1, 2001)
+    assert expected * 0.95 < took < expected + 0.25
+
+
+def test_metrics_match_the_model_state():
+    async def body(srv, session, base):
+        async def one(n):
+            async with session.post(f"{base}/v1/completions", json={"prompt": "x " * n, "max_tokens": 300}) as r:
+                return await r.json()
+
+        tasks = [asyncio.create_task(one(100 + i)) for i in range(6)]
+        await asyncio.sleep(0.3)
+        async with session.get(f"{base}/metrics") as r:
+            mid = families(await r.text())
+        model_running, model_waiting = srv.model.num_running, srv.model.num_waiting
+        await asyncio.gather(*tasks)
+        async with session.get(f"{base}/metrics") as r:
+            end = families(await r.text())
+        return mid, model_running, model_waiting, end
+
+    mid, running, waiting, end = asyncio.run(_with_server(body, model_name="m"))
+    assert value(mid, "vllm:num_requests_running", model_name="m", engine="0") == running == 6
+    assert value(mid, "vllm:num_requests_waiting") == waiting == 0
+    assert 0 < value(mid, "vllm:kv_cache_usage_perc") < 1
+    assert value(end, "vllm:request_success", finished_reason="length") == 6
+    assert value(end, "vllm:generation_tokens") == 6 * 300
+    assert value(end, "vllm:prompt_tokens") == sum(100 + i for i in range(6))
+    assert value(end, "vllm:num_requests_running") == 0
+    assert value(end, "vllm:time_to_first_token_seconds") == 6  # histogram count
+    assert end["vllm:time_to_first_token_seconds"].type == "histogram"
+    assert end["vllm:request_success"].type == "counter"
+    assert "llm_request_queue_depth" in end and "llm_time_to_first_token_seconds" in end
+
+
+def test_queue_builds_beyond_max_num_seqs():
+    profile = H100.model_copy(update={"max_num_seqs": 2})
+
+    async def body(srv, session, base):
+        async def one():
+            async with session.post(f"{base}/v1/completions", json={"prompt": "x", "max_tokens": 400}) as r:
+                await r.read()
+
+        tasks = [asyncio.create_task(one()) for _ in range(5)]
+        await asyncio.sleep(0.2)
+        async with session.get(f"{base}/metrics") as r:
+            fams = families(await r.text())
+        await asyncio.gather(*tasks)
+        return fams
+
+    fams = asyncio.run(_with_server(body, profile=profile))
+    assert value(fams, "vllm:num_requests_running") == 2
+    assert value(fams, "vllm:num_requests_waiting") == 3
+
+
+def test_legacy_metric_names():
+    async def body(srv, session, base):
+        async with session.get(f"{base}/metrics") as r:
+            return families(await r.text())
+
+    fams = asyncio.run(_with_server(body, legacy_metric_names=True))
+    assert "vllm:gpu_cache_usage_perc" in fams and "vllm:kv_cache_usage_perc" not in fams
+    assert "vllm:time_per_output_token_seconds" in fams
+
+
+def test_streaming_chat_and_errors():
+    async def body(srv, session, base):
+        async with session.post(f"{base}/v1/chat/completions", json={
+                "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "stream": True}) as r:
+            lines = [ln for ln in (await r.text()).splitlines() if ln.startswith("data:")]
+        async with session.post(f"{base}/v1/completions", data=b"not json") as r:
+            bad = r.status
+        async with session.post(f"{base}/v1/completions", json={"prompt": "x " * 9000, "max_tokens": 5}) as r:
+            too_long = r.status, await r.json()
+        async with session.get(f"{base}/v1/models") as r:
+            models = await r.json()
+        return lines, bad, too_long, models
+
+    lines, bad, too_long, models = asyncio.run(_with_server(body, model_name="m"))
+    assert lines[-1] == "data: [DONE]"
+    tokens = [json.loads(ln[5:])["choices"][0]["delta"].get("content") for ln in lines[:-1]]
+    assert sum(1 for t in tokens if t) == 5
+    assert bad == 400
+    assert too_long[0] == 400 and "maximum context length" in too_long[1]["message"]
+    assert models["data"][0]["id"] == "m"
+
+
+def test_cold_start_refuses_connections_then_serves():
+    port = free_port()
+    with qscale_process("serve", "--port", str(port), "--cold-start", "2") as proc:
+        time.sleep(0.5)
+        with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            pass
+        waited = wait_http(f"http://127.0.0.1:{port}/health", 20, proc)
+        assert waited > 1.0  # ~1.5 s left of the 2-s load when we started polling
+        assert http_get(f"http://127.0.0.1:{port}/health")[0] == 200
+
+
+def test_sigterm_drains_in_flight_requests_then_exits_0():
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with qscale_process("serve", "--port", str(port), "--drain-grace", "30") as proc:
+        wait_http(f"{base}/health", 20, proc)
+        results: list = []
+
+        def client(i):
+            import urllib.request
+            req = urllib.request.Request(f"{base}/v1/completions", method="POST",
+                                         data=json.dumps({"prompt": "x", "max_tokens": 250, "stream": True}).encode(),
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                body = resp.read().decode()
+            results.append(body)
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(5)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        assert http_get(f"{base}/v1/models")[0] == 200  # still up while draining
+        status = None
+        try:
+            import urllib.request
+            r = urllib.request.Request(f"{base}/v1/completions", method="POST", data=b'{"prompt":"x"}',
+                                       headers={"Content-Type": "application/json"})
+            urllib.request.urlopen(r, timeout=5)
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        assert status == 503
+        for t in threads:
+            t.join(30)
+        assert proc.wait(timeout=30) == 0
+    assert len(results) == 5
+    for body in results:
+        assert body.rstrip().endswith("data: [DONE]")
+        assert body.count('"text":" tok') == 250
