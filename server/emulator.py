@@ -15,6 +15,7 @@ running against the wall clock; tokens are placeholders, the timing is not.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import time
@@ -309,10 +310,8 @@ async def serve_emulated(config: EmulatorConfig, host: str, ports: list[int],
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass
     if ready is not None:
         ready.set()
     await stop.wait()

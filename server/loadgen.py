@@ -80,7 +80,7 @@ async def _one(session: aiohttp.ClientSession, url: str, model: str | None, rid:
                 if text:
                     token_times.append(time.perf_counter())
             done = time.perf_counter()
-    except asyncio.TimeoutError:
+    except TimeoutError:
         rec.error = "timeout"
         return rec
     except aiohttp.ClientError as exc:

@@ -32,11 +32,7 @@ VOCAB_SIZE = 1024
 
 
 def _corpus() -> list[str]:
-    words = ("the a of to and in is it you that he was for on are with as his they be at one have this "
-             "from or had by word but what some we can out other were all there when up use your how said "
-             "an each she which do their time if will way about many then them write would like so these "
-             "her long make thing see him two has look more day could go come did number sound no most "
-             "people my over know water than call first who may down side been now find hello world").split()
+    words = ["the", "a", "of", "to", "and", "in", "is", "it", "you", "that", "he", "was", "for", "on", "are", "with", "as", "his", "they", "be", "at", "one", "have", "this", "from", "or", "had", "by", "word", "but", "what", "some", "we", "can", "out", "other", "were", "all", "there", "when", "up", "use", "your", "how", "said", "an", "each", "she", "which", "do", "their", "time", "if", "will", "way", "about", "many", "then", "them", "write", "would", "like", "so", "these", "her", "long", "make", "thing", "see", "him", "two", "has", "look", "more", "day", "could", "go", "come", "did", "number", "sound", "no", "most", "people", "my", "over", "know", "water", "than", "call", "first", "who", "may", "down", "side", "been", "now", "find", "hello", "world"]
     lines = []
     for i in range(2000):
         lines.append(" ".join(words[(i * 7 + k * 13) % len(words)] for k in range(12)))
