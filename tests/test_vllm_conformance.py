@@ -7,6 +7,7 @@ fail rather than skip, unless QSCALE_SKIP_VLLM=1 is set explicitly.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import threading
@@ -79,7 +80,7 @@ def _warm(base: str, model: str) -> None:
 
 
 def _complete(base: str, model: str, tokens: int) -> None:
-    body = ('{"model":"%s","prompt":"hello world","max_tokens":%d,"ignore_eos":true}' % (model, tokens)).encode()
+    body = json.dumps({"model": model, "prompt": "hello world", "max_tokens": tokens, "ignore_eos": True}).encode()
     req = urllib.request.Request(f"{base}/v1/completions", data=body, method="POST",
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=120) as resp:
