@@ -1,6 +1,6 @@
 """Open-loop trace replay against any OpenAI-compatible endpoint.
 
-Each request is sent at its trace arrival time (scaled), whatever happened to earlier
+Each request is sent at its trace arrival time (to one URL, or round robin over several) (scaled), whatever happened to earlier
 ones (open loop: a slow server does not slow the arrivals down). Responses are streamed
 to measure time to first token and inter-token latency; 429 and 503 are counted, not
 retried. Bounded in count (`max_requests`), time (`duration_s`) and concurrency
@@ -97,7 +97,7 @@ async def _one(session: aiohttp.ClientSession, url: str, model: str | None, rid:
 
 async def replay(
     chunks: list[TraceChunk] | object,
-    url: str,
+    url: str | list[str],
     out: Path,
     model: str | None = None,
     duration_s: float | None = None,
@@ -107,6 +107,7 @@ async def replay(
     max_prompt_tokens: int | None = None,
     max_output_tokens: int | None = None,
 ) -> LoadSummary:
+    urls = [url] if isinstance(url, str) else list(url)
     records: list[RequestRecord] = []
     skipped = 0
     in_flight: set[asyncio.Task] = set()
@@ -129,7 +130,8 @@ async def replay(
                     skipped += 1
                     rid += 1
                     continue
-                task = asyncio.create_task(_one(session, url, model, rid, t, start, int(prompt[i]),
+                # Several URLs: round robin, like a Service over the replicas.
+                task = asyncio.create_task(_one(session, urls[rid % len(urls)], model, rid, t, start, int(prompt[i]),
                                                 int(output[i]), timeout_s))
                 in_flight.add(task)
                 task.add_done_callback(lambda tk: (in_flight.discard(tk), records.append(tk.result())))

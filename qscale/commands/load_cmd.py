@@ -14,7 +14,8 @@ HELP = "replay a trace open-loop against an OpenAI-compatible server, one CSV ro
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trace", required=True, help="trace file or synthetic:NAME?k=v")
-    parser.add_argument("--url", required=True, help="base URL, e.g. http://127.0.0.1:8000")
+    parser.add_argument("--url", required=True, action="append",
+                        help="base URL, e.g. http://127.0.0.1:8000 (repeat: round robin)")
     parser.add_argument("--out", required=True, type=Path, help="CSV to write")
     parser.add_argument("--rate-scale", type=float, default=1.0)
     parser.add_argument("--start", type=float, default=0.0, help="start this many seconds into the trace")
@@ -32,15 +33,16 @@ def run(args: argparse.Namespace, settings) -> int:
     from server.loadgen import replay
     from simulations.traffic import load_traffic
 
-    parsed = urlparse(args.url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise UserError(f"--url must be http(s)://host:port, got {args.url!r}")
+    for u in args.url:
+        parsed = urlparse(u)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise UserError(f"--url must be http(s)://host:port, got {u!r}")
     if args.duration <= 0 or args.max_requests < 1 or args.max_in_flight < 1 or args.timeout <= 0:
         raise UserError("--duration, --max-requests, --max-in-flight and --timeout must be positive")
     if not args.out.parent.exists():
         args.out.parent.mkdir(parents=True, exist_ok=True)
     chunks = load_traffic(args.trace, args.rate_scale, args.start, args.duration, seed=args.seed)
-    url = args.url.rstrip("/") + "/v1/completions"
+    url = [u.rstrip("/") + "/v1/completions" for u in args.url]
     summary = asyncio.run(replay(
         chunks, url, args.out, model=args.model, duration_s=args.duration, max_requests=args.max_requests,
         max_in_flight=args.max_in_flight, timeout_s=args.timeout, max_prompt_tokens=args.max_prompt_tokens,
