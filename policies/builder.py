@@ -36,6 +36,8 @@ class ReplicaReading:
     ttft_count: float | None = None  # vllm:time_to_first_token_seconds_count
     prefix_queries: float | None = None  # vllm:prefix_cache_queries_total
     prefix_hits: float | None = None  # vllm:prefix_cache_hits_total
+    queue_sum: float | None = None  # vllm:request_queue_time_seconds_sum
+    queue_count: float | None = None  # vllm:request_queue_time_seconds_count
 
 
 @dataclass(slots=True)
@@ -76,7 +78,7 @@ class SignalsBuilder:
         ready = starting = draining = 0
         missing: list[str] = []
         arrivals = finished = tokens = 0.0
-        ttft_sum = ttft_count = queries = hits = 0.0
+        ttft_sum = ttft_count = queries = hits = queue_sum = queue_count = 0.0
         rate_dt: float | None = None
         seen: set[str] = set()
 
@@ -110,7 +112,8 @@ class SignalsBuilder:
                 # A replica born since our last look: all it has seen arrived in this interval.
                 prev = _Previous(self._last_time, ReplicaReading(
                     r.name, r.state, r.started_at, requests_finished=0.0, generation_tokens=0.0,
-                    ttft_sum=0.0, ttft_count=0.0, prefix_queries=0.0, prefix_hits=0.0))
+                    ttft_sum=0.0, ttft_count=0.0, prefix_queries=0.0, prefix_hits=0.0,
+                    queue_sum=0.0, queue_count=0.0))
             if prev is not None and time > prev.time:
                 dt = time - prev.time
                 rate_dt = dt if rate_dt is None else max(rate_dt, dt)
@@ -132,6 +135,11 @@ class SignalsBuilder:
                     ttft_sum += d_ts
                     ttft_count += d_tc
                     ttft_mean = d_ts / d_tc
+                d_qs = counter_delta(r.queue_sum, prev.reading.queue_sum)
+                d_qc = counter_delta(r.queue_count, prev.reading.queue_count)
+                if d_qs is not None and d_qc:
+                    queue_sum += d_qs
+                    queue_count += d_qc
                 d_q = counter_delta(r.prefix_queries, prev.reading.prefix_queries)
                 d_h = counter_delta(r.prefix_hits, prev.reading.prefix_hits)
                 if d_q and d_h is not None:
@@ -183,4 +191,5 @@ class SignalsBuilder:
             generation_tokens_per_s=tokens / rate_dt if rate_dt else None,
             prefix_cache_hit_rate=hits / queries if queries else None,
             mean_ttft_s=ttft_sum / ttft_count if ttft_count else None,
+            mean_queue_wait_s=queue_sum / queue_count if queue_count else None,
         )

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from policies.base import Policy
 from policies.builder import ReplicaReading, SignalsBuilder
 from policies.clamp import ClampResult, ScaleLimits, clamp
@@ -15,11 +17,27 @@ from policies.decision import Decision
 from policies.signals import Signals
 
 
+class OutageRules(BaseModel):
+    """What the loop does when some replicas cannot be read (live and simulated alike).
+
+    Missing data reads low, so by default no policy may scale down on it; after
+    `fallback_after_s` of continuous outage the fleet goes to `fallback_replicas`
+    (like KEDA's fallback), if set.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    hold_on_incomplete: bool = True
+    fallback_after_s: float | None = Field(None, gt=0)
+    fallback_replicas: int | None = Field(None, ge=0)
+
+
 @dataclass(frozen=True, slots=True)
 class ControlOutcome:
     signals: Signals
     decision: Decision
     clamp: ClampResult
+    guard: str | None = None  # what the outage rules did, if anything
+    outage_s: float = 0.0
 
     @property
     def desired(self) -> int:
@@ -27,10 +45,12 @@ class ControlOutcome:
 
 
 class Controller:
-    def __init__(self, policy: Policy, limits: ScaleLimits) -> None:
+    def __init__(self, policy: Policy, limits: ScaleLimits, outage: OutageRules | None = None) -> None:
         self.policy = policy
         self.limits = limits
+        self.outage = outage or OutageRules()
         self.builder = SignalsBuilder()
+        self._outage_since: float | None = None
 
     def step(
         self,
@@ -44,4 +64,21 @@ class Controller:
             time, readings, current_replicas, data_age_s=data_age_s, router_waiting=router_waiting
         )
         decision = self.policy.decide(signals)
-        return ControlOutcome(signals, decision, clamp(decision.desired_replicas, current_replicas, self.limits))
+        requested, guard, outage_s = self._guard(time, signals, decision.desired_replicas, current_replicas)
+        result = clamp(requested, current_replicas, self.limits)
+        return ControlOutcome(signals, decision, result, guard, outage_s)
+
+    def _guard(self, time: float, signals: Signals, requested: int, current: int) -> tuple[int, str | None, float]:
+        rules = self.outage
+        if signals.complete:
+            self._outage_since = None
+            return requested, None, 0.0
+        if self._outage_since is None:
+            self._outage_since = time
+        outage_s = time - self._outage_since
+        if (rules.fallback_after_s is not None and rules.fallback_replicas is not None
+                and outage_s >= rules.fallback_after_s):
+            return rules.fallback_replicas, f"fallback: {outage_s:.0f}s of incomplete data", outage_s
+        if rules.hold_on_incomplete and requested < current:
+            return current, f"hold: {len(signals.missing)} replicas unreadable, no scale-down", outage_s
+        return requested, None, outage_s

@@ -72,6 +72,7 @@ class Signals:
     generation_tokens_per_s: float | None = None
     prefix_cache_hit_rate: float | None = None
     mean_ttft_s: float | None = None  # mean TTFT of requests that got a first token last interval
+    mean_queue_wait_s: float | None = None  # mean time requests scheduled last interval waited
 
     @property
     def total_in_flight(self) -> float:

@@ -1,0 +1,1 @@
+"""The live autoscaler: discover vLLM pods, read their metrics, decide, scale, explain."""

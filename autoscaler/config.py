@@ -1,0 +1,136 @@
+"""The autoscaler's configuration file (`qscale run --config FILE`), validated by pydantic.
+
+    listen: 127.0.0.1:9090        # /metrics, /api/v1/targets, /healthz, /readyz
+    tick_s: 2
+    shadow: false                 # decide and publish, never write
+    targets:
+      - name: chat
+        backend: local            # or kubernetes
+        policy: hybrid
+        params: {min_replicas: 1, max_replicas: 6}
+        limits: {min_replicas: 1, max_replicas: 6}
+        outage: {fallback_after_s: 120, fallback_replicas: 2}
+        local: {cold_start_s: 15, service_port: 8600, base_port: 8610}
+
+A bad file is reported as one line per problem and exit code 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from autoscaler.local_fleet import LocalFleetConfig
+from policies import ScaleLimits
+from policies.control import OutageRules
+from qscale.errors import UserError
+
+
+class KubernetesTarget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    namespace: str = "default"
+    deployment: str
+    service: str | None = None  # EndpointSlices of this Service (default: the deployment name)
+    metrics_port: int = Field(8000, gt=0, lt=65536)
+    metrics_path: str = "/metrics"
+    allow_other_owners: bool = False  # act even if an HPA or ScaledObject targets the deployment
+    api_url: str | None = None  # default: in-cluster config, else ~/.kube/config
+
+
+class PrometheusSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str
+    pod_label: str = "pod"
+    queries: dict[str, str] = {}  # override the PromQL per field
+
+
+class TargetConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    backend: Literal["local", "kubernetes"] = "local"
+    policy: str = "hybrid"
+    params: dict[str, Any] = {}
+    limits: ScaleLimits = ScaleLimits(min_replicas=0, max_replicas=10)
+    outage: OutageRules = OutageRules()
+    model_name: str | None = None  # filter vLLM series by model_name
+    metrics: Literal["scrape", "prometheus"] = "scrape"
+    scrape_timeout_s: float = Field(1.5, gt=0)
+    prometheus: PrometheusSource | None = None
+    local: LocalFleetConfig | None = None
+    kubernetes: KubernetesTarget | None = None
+    stuck_pending_s: float = Field(600.0, gt=0)
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, v: str) -> str:
+        from policies import registry
+
+        registry.get(v)  # raises a one-line error naming the known ones
+        return v
+
+    @model_validator(mode="after")
+    def _backend_section(self) -> TargetConfig:
+        if self.backend == "kubernetes" and self.kubernetes is None:
+            raise ValueError("backend kubernetes needs a 'kubernetes' section with at least 'deployment'")
+        if self.backend == "local" and self.local is None:
+            self.local = LocalFleetConfig()
+        if self.metrics == "prometheus" and self.prometheus is None:
+            raise ValueError("metrics: prometheus needs a 'prometheus' section with 'url'")
+        from policies import registry
+
+        registry.params(self.policy, **self.params)
+        return self
+
+
+class AutoscalerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    listen: str = "127.0.0.1:9090"
+    tick_s: float = Field(2.0, gt=0)
+    shadow: bool = False
+    leader_election: bool = False
+    lease_name: str = "qscale-leader"
+    lease_namespace: str = "default"
+    lease_duration_s: float = Field(15.0, gt=0)
+    identity: str | None = None
+    targets: list[TargetConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> AutoscalerConfig:
+        names = [t.name for t in self.targets]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"target names must be unique: {', '.join(dupes)}")
+        return self
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host or "127.0.0.1", int(port)
+
+
+def load_config(path: str | Path) -> AutoscalerConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{p}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{p}: expected a mapping at the top level")
+    try:
+        return AutoscalerConfig(**data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(x) for x in err["loc"]) or "config"
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field"
+            lines.append(f"{p}: {loc}: {msg}")
+        raise UserError("\n".join(lines)) from None
+    except UserError as exc:
+        raise UserError(f"{p}: {exc}") from None

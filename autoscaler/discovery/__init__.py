@@ -1,0 +1,1 @@
+"""Pod discovery: one module per backend behind `Discovery`."""

@@ -1,0 +1,1 @@
+"""Metric sources: one module per source behind `MetricSource`."""

@@ -1,0 +1,1 @@
+"""Scalers: one module per backend behind `Scaler`."""

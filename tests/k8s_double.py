@@ -1,0 +1,436 @@
+"""An HTTP double of the Kubernetes API server, for driving the official client in tests.
+
+It follows shared/reference/wire-formats.md: the Deployment scale subresource (GET, PUT
+with resourceVersion conflicts, the three PATCH content types, 415 otherwise, 422 on
+negative replicas), EndpointSlices (LIST, and WATCH as newline-delimited JSON events with
+ERROR 410 for an expired resourceVersion), Leases, Events, HPAs and KEDA ScaledObjects
+(404 when the CRD is "not installed"), and Status error bodies.
+
+Deployments create pods that get a loopback IP (127.0.0.N) at once and become ready after
+`cold_start_s`; each pod is served by an emulated vLLM replica on that IP, so the
+autoscaler scrapes real /metrics. Faults are injected through `faults`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from server.emulator import EmulatedServer, EmulatorConfig
+from simulations.profile import load_profile
+
+
+def status_body(code: int, reason: str, message: str, details: dict | None = None) -> dict:
+    body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
+            "reason": reason, "code": code}
+    if details is not None:
+        body["details"] = details
+    return body
+
+
+def status(code: int, reason: str, message: str, details: dict | None = None) -> web.Response:
+    return web.json_response(status_body(code, reason, message, details), status=code)
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass
+class Faults:
+    scale_write_errors: list[int] = field(default_factory=list)  # pop one per PUT/PATCH of scale
+    scale_write_delay_s: float = 0.0
+    api_down: bool = False  # every request gets 503
+    expire_next_watch: bool = False  # next watch: 200 then ERROR 410
+    metrics_timeout_pods: set[str] = field(default_factory=set)
+    metrics_garbage_pods: set[str] = field(default_factory=set)
+
+
+@dataclass
+class FakePod:
+    name: str
+    ip: str
+    created: float
+    ready: bool = False
+    terminating: bool = False
+    server: Any = None
+
+
+@dataclass
+class FakeDeployment:
+    namespace: str
+    name: str
+    replicas: int
+    uid: str = field(default_factory=lambda: str(uuid.uuid4()))
+    pods: list[FakePod] = field(default_factory=list)
+
+
+class KubeDouble:
+    def __init__(self, cold_start_s: float = 1.0, metrics_port: int = 18080, max_num_seqs: int = 8) -> None:
+        self.cold_start_s = cold_start_s
+        self.metrics_port = metrics_port
+        self.max_num_seqs = max_num_seqs
+        self.faults = Faults()
+        self.deployments: dict[tuple[str, str], FakeDeployment] = {}
+        self.hpas: list[dict] = []
+        self.scaled_objects: list[dict] | None = None  # None: the KEDA CRD is not installed
+        self.events: list[dict] = []
+        self.leases: dict[tuple[str, str], dict] = {}
+        self.scale_writes: list[dict] = []  # every successful scale write (method, replicas)
+        self._rv = itertools.count(1000)
+        self.rv = next(self._rv)
+        self._slice_events: list[tuple[int, str, dict]] = []  # (rv, type, object) history
+        self._ips = itertools.count(10)
+        self._changed = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.port: int | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._pod_n = itertools.count(1)
+
+    # --- state ------------------------------------------------------------------------
+
+    def bump(self) -> int:
+        self.rv = next(self._rv)
+        return self.rv
+
+    def add_deployment(self, namespace: str, name: str, replicas: int) -> None:
+        def _add():
+            d = FakeDeployment(namespace, name, replicas)
+            self.deployments[(namespace, name)] = d
+            self._reconcile(d)
+        self.call(_add)
+
+    def call(self, fn, *args):
+        """Run `fn` on the double's loop thread and wait for it."""
+        assert self.loop is not None
+        fut = asyncio.run_coroutine_threadsafe(self._acall(fn, *args), self.loop)
+        return fut.result(10)
+
+    async def _acall(self, fn, *args):
+        out = fn(*args)
+        if asyncio.iscoroutine(out):
+            out = await out
+        return out
+
+    def _reconcile(self, d: FakeDeployment) -> None:
+        live = [p for p in d.pods if not p.terminating]
+        while len(live) < d.replicas:
+            pod = FakePod(f"{d.name}-{next(self._pod_n):05d}", f"127.0.0.{next(self._ips)}", time.time())
+            d.pods.append(pod)
+            live.append(pod)
+            self._slice_changed(d)
+            asyncio.get_running_loop().call_later(self.cold_start_s, self._make_ready, d, pod)
+        if len(live) > d.replicas:
+            # Newest and not-ready first, as a ReplicaSet picks.
+            victims = sorted(live, key=lambda p: (p.ready, -p.created))[: len(live) - d.replicas]
+            for pod in victims:
+                pod.terminating = True
+                asyncio.ensure_future(self._terminate(d, pod))
+            self._slice_changed(d)
+
+    def _make_ready(self, d: FakeDeployment, pod: FakePod) -> None:
+        if pod.terminating:
+            return
+        asyncio.ensure_future(self._start_pod_server(d, pod))
+
+    async def _start_pod_server(self, d: FakeDeployment, pod: FakePod) -> None:
+        profile = load_profile("llama3-8b-h100").model_copy(update={"max_num_seqs": self.max_num_seqs})
+        srv = EmulatedServer(EmulatorConfig(profile=profile, model_name=d.name))
+        app = srv.build_app()
+        faults = self.faults
+
+        @web.middleware
+        async def inject(request, handler):
+            if request.path == "/metrics" and pod.name in faults.metrics_timeout_pods:
+                await asyncio.sleep(30)
+            if request.path == "/metrics" and pod.name in faults.metrics_garbage_pods:
+                return web.Response(text="<html>not metrics</html>")
+            return await handler(request)
+
+        app.middlewares.append(inject)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await runner.setup()
+        await web.TCPSite(runner, pod.ip, self.metrics_port).start()
+        pod.server = (srv, runner)
+        pod.ready = True
+        self._slice_changed(d)
+
+    async def _terminate(self, d: FakeDeployment, pod: FakePod) -> None:
+        if pod.server is not None:
+            srv, runner = pod.server
+            await srv.drain()
+            await runner.cleanup()
+        if pod in d.pods:
+            d.pods.remove(pod)
+        self._slice_changed(d)
+
+    def _slice(self, d: FakeDeployment, with_kind: bool) -> dict:
+        eps = [{"addresses": [p.ip],
+                "conditions": {"ready": p.ready and not p.terminating, "serving": p.ready,
+                               "terminating": p.terminating},
+                "targetRef": {"kind": "Pod", "namespace": d.namespace, "name": p.name, "uid": p.name},
+                "nodeName": "gpu-node-1"} for p in d.pods]
+        obj = {"metadata": {"name": f"{d.name}-slice", "generateName": f"{d.name}-", "namespace": d.namespace,
+                            "uid": d.uid, "resourceVersion": str(self.rv), "generation": 1,
+                            "labels": {"kubernetes.io/service-name": d.name,
+                                       "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+               "addressType": "IPv4", "endpoints": eps or None,
+               "ports": [{"name": "http", "protocol": "TCP", "port": self.metrics_port}]}
+        if with_kind:
+            obj = {"kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1", **obj}
+        return obj
+
+    def _slice_changed(self, d: FakeDeployment) -> None:
+        rv = self.bump()
+        self._slice_events.append((rv, "MODIFIED", self._slice(d, True)))
+        self._changed.set()
+
+    # --- HTTP -------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        @web.middleware
+        async def down(request, handler):
+            if self.faults.api_down:
+                return status(503, "ServiceUnavailable", "the server is currently unable to handle the request")
+            return await handler(request)
+
+        app = web.Application(middlewares=[down])
+        r = app.router
+        base = "/apis/apps/v1/namespaces/{ns}/deployments/{name}"
+        r.add_get(base + "/scale", self.get_scale)
+        r.add_put(base + "/scale", self.write_scale)
+        r.add_patch(base + "/scale", self.write_scale)
+        r.add_get(base, self.get_deployment)
+        r.add_get("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices", self.endpointslices)
+        r.add_get("/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers", self.list_hpas)
+        r.add_get("/apis/keda.sh/v1alpha1/namespaces/{ns}/scaledobjects", self.list_scaled_objects)
+        r.add_post("/api/v1/namespaces/{ns}/events", self.create_event)
+        r.add_get("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}", self.get_lease)
+        r.add_post("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases", self.create_lease)
+        r.add_put("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}", self.replace_lease)
+        return app
+
+    def _deployment(self, request: web.Request) -> FakeDeployment | None:
+        return self.deployments.get((request.match_info["ns"], request.match_info["name"]))
+
+    def _not_found(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        return status(404, "NotFound", f'deployments.apps "{name}" not found',
+                      {"name": name, "group": "apps", "kind": "deployments"})
+
+    def _scale(self, d: FakeDeployment) -> dict:
+        spec = {"replicas": d.replicas} if d.replicas else {}
+        return {"kind": "Scale", "apiVersion": "autoscaling/v1",
+                "metadata": {"name": d.name, "namespace": d.namespace, "uid": d.uid,
+                             "resourceVersion": str(self.rv), "creationTimestamp": "2026-11-28T09:58:02Z"},
+                "spec": spec,
+                "status": {"replicas": len([p for p in d.pods if not p.terminating]), "selector": f"app={d.name}"}}
+
+    async def get_scale(self, request: web.Request) -> web.Response:
+        d = self._deployment(request)
+        return web.json_response(self._scale(d)) if d else self._not_found(request)
+
+    async def write_scale(self, request: web.Request) -> web.Response:
+        d = self._deployment(request)
+        if d is None:
+            return self._not_found(request)
+        if self.faults.scale_write_delay_s:
+            await asyncio.sleep(self.faults.scale_write_delay_s)
+        if self.faults.scale_write_errors:
+            code = self.faults.scale_write_errors.pop(0)
+            reasons = {409: "Conflict", 429: "TooManyRequests", 500: "InternalError"}
+            msg = (f'Operation cannot be fulfilled on deployments.apps "{d.name}": the object has been modified; '
+                   "please apply your changes to the latest version and try again") if code == 409 else "injected"
+            return status(code, reasons.get(code, "Unknown"), msg,
+                          {"name": d.name, "group": "apps", "kind": "deployments"})
+        ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
+        body = await request.json()
+        if request.method == "PUT":
+            if ctype != "application/json":
+                return status(415, "UnsupportedMediaType", f"the body of the request was in an unknown format: {ctype}")
+            rv = (body.get("metadata") or {}).get("resourceVersion")
+            if rv and rv != str(self.rv):
+                return status(409, "Conflict", f'Operation cannot be fulfilled on deployments.apps "{d.name}": '
+                              "the object has been modified; please apply your changes to the latest version "
+                              "and try again", {"name": d.name, "group": "apps", "kind": "deployments"})
+            replicas = (body.get("spec") or {}).get("replicas", 0)
+        elif ctype in ("application/strategic-merge-patch+json", "application/merge-patch+json"):
+            replicas = (body.get("spec") or {}).get("replicas", d.replicas)
+        elif ctype == "application/json-patch+json":
+            replicas = d.replicas
+            for op in body:
+                if op.get("path") == "/spec/replicas" and op.get("op") in ("replace", "add"):
+                    replicas = op["value"]
+        else:
+            return status(415, "UnsupportedMediaType", f"the body of the request was in an unknown format: {ctype}")
+        if not isinstance(replicas, int) or replicas < 0:
+            return status(422, "Invalid", f'Scale.autoscaling "{d.name}" is invalid: spec.replicas: Invalid value: '
+                          f"{replicas}: must be greater than or equal to 0",
+                          {"name": d.name, "group": "autoscaling", "kind": "Scale",
+                           "causes": [{"reason": "FieldValueInvalid", "field": "spec.replicas",
+                                       "message": f"Invalid value: {replicas}: must be greater than or equal to 0"}]})
+        old_status = len([p for p in d.pods if not p.terminating])
+        d.replicas = replicas
+        self.bump()
+        self.scale_writes.append({"method": request.method, "replicas": replicas, "time": time.time()})
+        self._reconcile(d)
+        out = self._scale(d)
+        out["status"]["replicas"] = old_status  # the reply still carries the old status
+        return web.json_response(out)
+
+    async def get_deployment(self, request: web.Request) -> web.Response:
+        d = self._deployment(request)
+        if d is None:
+            return self._not_found(request)
+        ready = sum(1 for p in d.pods if p.ready and not p.terminating)
+        st = {"observedGeneration": 1, "replicas": len(d.pods), "updatedReplicas": len(d.pods)}
+        if ready:
+            st["readyReplicas"] = ready
+            st["availableReplicas"] = ready
+        return web.json_response({"kind": "Deployment", "apiVersion": "apps/v1",
+                                  "metadata": {"name": d.name, "namespace": d.namespace, "uid": d.uid,
+                                               "resourceVersion": str(self.rv)},
+                                  "spec": {"replicas": d.replicas}, "status": st})
+
+    def _matching(self, request: web.Request) -> list[FakeDeployment]:
+        ns = request.match_info["ns"]
+        selector = request.query.get("labelSelector", "")
+        name = selector.split("=", 1)[1] if selector.startswith("kubernetes.io/service-name=") else None
+        return [d for (dns, dn), d in self.deployments.items() if dns == ns and (name is None or dn == name)]
+
+    async def endpointslices(self, request: web.Request) -> web.StreamResponse:
+        watch = request.query.get("watch") in ("true", "1")
+        if not watch:
+            items = [self._slice(d, False) for d in self._matching(request)]
+            return web.json_response({"kind": "EndpointSliceList", "apiVersion": "discovery.k8s.io/v1",
+                                      "metadata": {"resourceVersion": str(self.rv)}, "items": items})
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        since = int(request.query.get("resourceVersion") or 0)
+        if self.faults.expire_next_watch:
+            self.faults.expire_next_watch = False
+            err = {"type": "ERROR", "object": status_body(410, "Expired",
+                                                          f"too old resource version: {since} ({self.rv})")}
+            await resp.write((json.dumps(err) + "\n").encode())
+            return resp
+        timeout = float(request.query.get("timeoutSeconds") or 300)
+        deadline = time.monotonic() + timeout
+        names = {d.name for d in self._matching(request)}
+        sent = since
+        if since == 0:
+            for d in self._matching(request):
+                await resp.write((json.dumps({"type": "ADDED", "object": self._slice(d, True)}) + "\n").encode())
+            sent = self.rv
+        try:
+            while time.monotonic() < deadline and not self.faults.api_down:
+                for rv, kind, obj in list(self._slice_events):
+                    if rv > sent and obj["metadata"]["labels"]["kubernetes.io/service-name"] in names:
+                        await resp.write((json.dumps({"type": kind, "object": obj}) + "\n").encode())
+                        sent = rv
+                self._changed.clear()
+                with contextlib.suppress(asyncio.TimeoutError, ValueError):
+                    await asyncio.wait_for(self._changed.wait(), timeout=min(1.0, deadline - time.monotonic()))
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        return resp
+
+    async def list_hpas(self, request: web.Request) -> web.Response:
+        return web.json_response({"kind": "HorizontalPodAutoscalerList", "apiVersion": "autoscaling/v2",
+                                  "metadata": {"resourceVersion": str(self.rv)}, "items": self.hpas})
+
+    async def list_scaled_objects(self, request: web.Request) -> web.Response:
+        if self.scaled_objects is None:
+            return web.Response(status=404, text="404 page not found")
+        return web.json_response({"kind": "ScaledObjectList", "apiVersion": "keda.sh/v1alpha1",
+                                  "metadata": {"resourceVersion": str(self.rv)}, "items": self.scaled_objects})
+
+    async def create_event(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        body.setdefault("metadata", {})["resourceVersion"] = str(self.bump())
+        self.events.append(body)
+        return web.json_response({"kind": "Event", "apiVersion": "v1", **body}, status=201)
+
+    async def get_lease(self, request: web.Request) -> web.Response:
+        key = (request.match_info["ns"], request.match_info["name"])
+        lease = self.leases.get(key)
+        if lease is None:
+            return status(404, "NotFound", f'leases.coordination.k8s.io "{key[1]}" not found',
+                          {"name": key[1], "group": "coordination.k8s.io", "kind": "leases"})
+        return web.json_response(lease)
+
+    async def create_lease(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        key = (request.match_info["ns"], body["metadata"]["name"])
+        if key in self.leases:
+            return status(409, "AlreadyExists", f'leases.coordination.k8s.io "{key[1]}" already exists',
+                          {"name": key[1], "group": "coordination.k8s.io", "kind": "leases"})
+        body["metadata"]["resourceVersion"] = str(self.bump())
+        body["metadata"]["namespace"] = key[0]
+        lease = {"kind": "Lease", "apiVersion": "coordination.k8s.io/v1", **body}
+        self.leases[key] = lease
+        return web.json_response(lease, status=201)
+
+    async def replace_lease(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        key = (request.match_info["ns"], request.match_info["name"])
+        current = self.leases.get(key)
+        if current is None:
+            return status(404, "NotFound", f'leases.coordination.k8s.io "{key[1]}" not found')
+        if body["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
+            return status(409, "Conflict", f'Operation cannot be fulfilled on leases.coordination.k8s.io "{key[1]}": '
+                          "the object has been modified; please apply your changes to the latest version and try again",
+                          {"name": key[1], "group": "coordination.k8s.io", "kind": "leases"})
+        body["metadata"]["resourceVersion"] = str(self.bump())
+        lease = {"kind": "Lease", "apiVersion": "coordination.k8s.io/v1", **body}
+        self.leases[key] = lease
+        return web.json_response(lease)
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> str:
+        ready = threading.Event()
+
+        def run():
+            self.loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self.loop)
+            self._changed = asyncio.Event()
+            self._runner = web.AppRunner(self.app(), access_log=None)
+            self.loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            self.loop.run_until_complete(site.start())
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            ready.set()
+            self.loop.run_forever()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.loop is None:
+            return
+
+        self.faults = Faults()
+
+        async def _shutdown():
+            for d in self.deployments.values():
+                for p in d.pods:
+                    if p.server is not None:
+                        await p.server[1].cleanup()
+            await self._runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(_shutdown(), self.loop).result(20)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)  # type: ignore[union-attr]
