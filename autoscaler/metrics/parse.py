@@ -7,8 +7,8 @@
   `gpu_cache_usage_perc`; `prefix_cache_*` then `gpu_prefix_cache_*`;
   `inter_token_latency_seconds` then `time_per_output_token_seconds`).
 
-Lines of families it does not read are skipped after a prefix check, so a 600-line real
-exposition costs little more than its ~60 interesting lines.
+Only the wanted families are visited (`str.find` jumps between their lines), so a 600-line
+real exposition costs little more than its ~60 interesting lines.
 """
 
 from __future__ import annotations
@@ -94,41 +94,144 @@ def _labels(text: str) -> dict[str, str]:
     return out
 
 
+def _model_of(labels_text: str, default: str) -> str:
+    """The `model_name` label's value (fast path without escapes; full parse otherwise)."""
+    i = labels_text.find('model_name="')
+    if i == -1:
+        return default
+    if i > 0 and labels_text[i - 1] not in ", {":
+        return _labels(labels_text).get("model_name", default)
+    start = i + 12
+    end = labels_text.find('"', start)
+    value = labels_text[start:end]
+    if "\\" in value or end == -1:
+        return _labels(labels_text).get("model_name", default)
+    return value
+
+
+def _samples(text: str, name: str):
+    """Yield (labels text or None, value text) for every sample line of `name`.
+
+    `str.find` jumps straight to each occurrence, so the hundreds of histogram-bucket
+    lines between them are never looked at in Python.
+    """
+    needle = "\n" + name
+    n = len(name)
+    i = text.find(needle)  # callers pass text that starts with a newline
+    while i != -1:
+        start = i + 1
+        after = start + n
+        ch = text[after:after + 1]
+        end = text.find("\n", after)
+        if end == -1:
+            end = len(text)
+        if ch == "{":
+            close = text.find("}", after, end)
+            if close == -1:
+                raise MetricsParseError(f"unterminated label set: {text[start:start + 80]}")
+            rest = text[close + 1:end].split()
+            labels = text[after + 1:close]
+        elif ch in (" ", "\t"):
+            rest = text[after:end].split()
+            labels = None
+        else:
+            i = text.find(needle, end)
+            continue  # a longer name sharing the prefix (e.g. ..._waiting_by_reason)
+        if not rest:
+            raise MetricsParseError(f"sample without a value: {text[start:end][:80]}")
+        yield labels, rest[0]
+        i = text.find(needle, end)
+
+
+def _family_of(sample: str) -> set[str]:
+    out = {sample}
+    for suffix in ("_total", "_sum", "_count"):
+        if sample.endswith(suffix):
+            out.add(sample[: -len(suffix)])
+    return out
+
+
+_WANTED_FAMILIES = set().union(*(_family_of(n) for n in _WANTED))
+
+
+def _wanted_blocks(text: str):
+    """Yield the text of every family block whose `# TYPE` names a wanted family.
+
+    Families are contiguous in an exposition, each opened by `# HELP`/`# TYPE` comments,
+    so one forward pass of `str.find` over comment lines skips the unwanted blocks (most
+    of them histogram buckets) without looking at their lines.
+    """
+    pos = 0
+    n = len(text)
+    while True:
+        i = text.find("# TYPE ", pos)
+        if i == -1:
+            return
+        eol = text.find("\n", i)
+        if eol == -1:
+            return
+        family, _, kind = text[i + 7:eol].partition(" ")
+        nxt = text.find("\n#", eol)
+        block_end = n if nxt == -1 else nxt
+        if family in _WANTED_FAMILIES:
+            yield family, kind.strip(), text[eol + 1:block_end]
+        pos = block_end
+
+
+def _block_samples(block: str):
+    for line in block.split("\n"):
+        if not line or line[0] == "#":
+            continue
+        brace = line.find("{")
+        space = line.find(" ")
+        if brace != -1 and (space == -1 or brace < space):
+            close = line.rfind("}")
+            if close < brace:
+                raise MetricsParseError(f"unterminated label set: {line[:80]}")
+            rest = line[close + 1:].split()
+            name, labels = line[:brace], line[brace + 1:close]
+        else:
+            if space == -1:
+                raise MetricsParseError(f"sample without a value: {line[:80]}")
+            name, labels, rest = line[:space], None, line[space + 1:].split()
+        if not rest:
+            raise MetricsParseError(f"sample without a value: {line[:80]}")
+        yield name, labels, rest[0]
+
+
+def _all_samples(text: str):
+    if "# TYPE " in text:
+        for family, kind, block in _wanted_blocks(text):
+            if kind == "histogram":
+                # Only _sum and _count are read: jump to them past the bucket lines.
+                for suffix in ("_sum", "_count"):
+                    for labels, raw in _samples("\n" + block, family + suffix):
+                        yield family + suffix, labels, raw
+            else:
+                yield from _block_samples(block)
+        return
+    # No TYPE comments (allowed by the format): look each wanted name up directly.
+    text = "\n" + text
+    for name in _WANTED:
+        for labels, raw in _samples(text, name):
+            yield name, labels, raw
+
+
 def parse_vllm_metrics(text: str, model_name: str | None = None) -> VllmSnapshot:
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     seen_gauge = False
     wanted = _WANTED
-    for line in text.splitlines():
-        if not line.startswith("vllm:"):
+    for name, labels_text, raw in _all_samples(text):
+        spec = wanted.get(name)
+        if spec is None:
+            continue  # e.g. a histogram's _bucket lines
+        if model_name is not None and labels_text and _model_of(labels_text, model_name) != model_name:
             continue
-        brace = line.find("{")
-        space = line.find(" ")
-        if brace != -1 and (space == -1 or brace < space):
-            name = line[:brace]
-            spec = wanted.get(name)
-            if spec is None:
-                continue
-            close = line.rfind("}")
-            if close < brace:
-                raise MetricsParseError(f"unterminated label set: {line[:80]}")
-            if model_name is not None:
-                labels = _labels(line[brace + 1:close])
-                if labels.get("model_name", model_name) != model_name:
-                    continue
-            rest = line[close + 1:].split()
-        else:
-            name = line[:space] if space != -1 else line
-            spec = wanted.get(name)
-            if spec is None:
-                continue
-            rest = line[space + 1:].split()
-        if not rest:
-            raise MetricsParseError(f"sample without a value: {line[:80]}")
         try:
-            value = float(rest[0])
+            value = float(raw)
         except ValueError:
-            raise MetricsParseError(f"bad sample value: {line[:80]}") from None
+            raise MetricsParseError(f"bad sample value for {name}: {raw[:40]}") from None
         if math.isnan(value):
             continue
         key = spec[0]
