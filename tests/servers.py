@@ -34,7 +34,8 @@ def wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None) 
     start = time.monotonic()
     while time.monotonic() - start < timeout_s:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
+            err = proc.stderr.read() if proc.stderr is not None else ""
+            raise RuntimeError(f"server exited with {proc.returncode}: {str(err)[-500:]}")
         try:
             if http_get(url, timeout=1.0)[0] == 200:
                 return time.monotonic() - start

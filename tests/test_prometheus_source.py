@@ -1,0 +1,118 @@
+"""The Prometheus metric source against a real Prometheus server scraping emulated replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import textwrap
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from autoscaler.config import PrometheusSource as PrometheusSettings
+from autoscaler.discovery.base import Pod
+from autoscaler.metrics.prometheus import PrometheusSource
+from autoscaler.metrics.scrape import ScrapeSource
+from policies import ReplicaState
+from tests.servers import free_port, qscale_process, wait_http
+
+
+@pytest.fixture(scope="module")
+def replicas():
+    port = free_port()
+    with qscale_process("serve", "--port", str(port), "--replicas", "2", "--max-num-seqs", "2",
+                        "--model-name", "m") as proc:
+        wait_http(f"http://127.0.0.1:{port + 1}/health", 30, proc)
+        yield [port, port + 1]
+
+
+@pytest.fixture(scope="module")
+def prometheus(replicas, tmp_path_factory):
+    binary = shutil.which("prometheus")
+    assert binary, "Debian's prometheus is not installed: scripts/test installs it"
+    tmp = tmp_path_factory.mktemp("prom")
+    cfg = tmp / "prometheus.yml"
+    cfg.write_text(textwrap.dedent(f"""
+        global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+        scrape_configs:
+          - job_name: vllm
+            static_configs:
+              - targets: ["127.0.0.1:{replicas[0]}"]
+                labels: {{pod: replica-a}}
+              - targets: ["127.0.0.1:{replicas[1]}"]
+                labels: {{pod: replica-b}}
+    """))
+    port = free_port()
+    proc = subprocess.Popen([binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp / 'data'}",
+                             f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/-/ready", 60, proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def pods(replicas):
+    now = time.time()
+    return [Pod("replica-a", ReplicaState.READY, now, f"http://127.0.0.1:{replicas[0]}/metrics"),
+            Pod("replica-b", ReplicaState.READY, now, f"http://127.0.0.1:{replicas[1]}/metrics"),
+            Pod("replica-c", ReplicaState.READY, now, "http://127.0.0.1:1/metrics")]  # Prometheus never saw it
+
+
+def _load(port: int, n: int = 6) -> list[threading.Thread]:
+    def one():
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", method="POST",
+                                     data=b'{"prompt": "x", "max_tokens": 2000}',
+                                     headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=60).read()
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def test_prometheus_source_agrees_with_a_direct_scrape(replicas, prometheus):
+    source = PrometheusSource(PrometheusSettings(url=prometheus), model_name="m")
+    threads = _load(replicas[0])
+    try:
+        deadline = time.monotonic() + 20
+        got = None
+        while time.monotonic() < deadline:
+            got = asyncio.run(source.read(pods(replicas)))
+            snap = got.snapshots.get("replica-a")
+            if snap is not None and snap.waiting > 0:
+                break
+            time.sleep(0.5)
+        assert got is not None
+        a = got.snapshots["replica-a"]
+        assert a is not None and a.running == 2 and a.waiting == 4  # max_num_seqs 2, 6 in flight
+        assert got.snapshots["replica-b"].running == 0
+        assert got.snapshots["replica-c"] is None and "no series" in got.errors["replica-c"]
+        assert 0 <= got.age_s < 5
+
+        async def direct():
+            s = ScrapeSource("m")
+            try:
+                return await s.read(pods(replicas)[:2])
+            finally:
+                await s.close()
+
+        d = asyncio.run(direct()).snapshots["replica-a"]
+        assert (d.running, d.waiting) == (a.running, a.waiting)
+        assert abs(d.requests_finished - (a.requests_finished or 0)) <= 2
+    finally:
+        for t in threads:
+            t.join(60)
+
+
+def test_prometheus_down_marks_every_pod_missing(replicas):
+    source = PrometheusSource(PrometheusSettings(url=f"http://127.0.0.1:{free_port()}"), model_name="m")
+    got = asyncio.run(source.read(pods(replicas)))
+    assert all(v is None for v in got.snapshots.values())
+    assert all(e.startswith("prometheus:") for e in got.errors.values())
