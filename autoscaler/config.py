@@ -95,6 +95,8 @@ class AutoscalerConfig(BaseModel):
     lease_namespace: str = "default"
     lease_duration_s: float = Field(15.0, gt=0)
     identity: str | None = None
+    tls_cert_file: str | None = None  # serve HTTPS (the APIService for external metrics needs it)
+    tls_key_file: str | None = None
     targets: list[TargetConfig] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -82,9 +82,21 @@ class AutoscalerService:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/api/v1/targets", self._targets)
-        app.router.add_get("/healthz", lambda r: web.Response(text="ok"))
+        app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._ready)
+        from autoscaler.external_metrics import add_routes
+
+        add_routes(app, self.loops, self._labels_for)
         return app
+
+    def _labels_for(self, loop: TargetLoop, namespace: str) -> dict[str, str] | None:
+        """External-metric labels of a target, or None if it is not in `namespace`."""
+        cfg = next(t for t in self.config.targets if t.name == loop.name)
+        if cfg.kubernetes is not None:
+            if cfg.kubernetes.namespace != namespace:
+                return None
+            return {"target": cfg.name, "deployment": cfg.kubernetes.deployment}
+        return {"target": cfg.name}
 
     async def _metrics(self, request: web.Request) -> web.Response:
         self.telemetry.leader.set(1 if self.is_leader() else 0)
@@ -96,6 +108,9 @@ class AutoscalerService:
         for loop in self.loops:
             out[loop.name] = dataclasses.asdict(loop.last) if loop.last else None
         return web.json_response({"leader": self.is_leader(), "shadow": self.config.shadow, "targets": out})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
 
     async def _ready(self, request: web.Request) -> web.Response:
         if all(loop.ticks > 0 for loop in self.loops):
@@ -124,7 +139,13 @@ class AutoscalerService:
         host, port = self.config.host_port
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
+        ssl_context = None
+        if self.config.tls_cert_file and self.config.tls_key_file:
+            import ssl
+
+            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_context.load_cert_chain(self.config.tls_cert_file, self.config.tls_key_file)
+        await web.TCPSite(self._runner, host, port, ssl_context=ssl_context).start()
         log.info("autoscaler listening", url=f"http://{host}:{port}", targets=[lp.name for lp in self.loops],
                  shadow=self.config.shadow)
         for start in self._starts:
