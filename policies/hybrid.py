@@ -34,7 +34,7 @@ from policies.base import Policy, PolicyParams
 from policies.coldstart import ColdStartEstimator
 from policies.decision import Decision
 from policies.signals import Signals
-from policies.windows import BucketedQuantile, HoltForecaster, TimedWindow, halflife_weight
+from policies.windows import BucketedQuantile, HoltForecaster, TimedWindow
 
 
 class ScheduleWindow(BaseModel):
@@ -67,7 +67,8 @@ class HybridParams(PolicyParams):
     default_service_time_s: float = Field(
         8.0, gt=0, description="seconds a request stays running, until measured"
     )
-    service_time_halflife_s: float = Field(60.0, ge=0)
+    service_time_window_s: float = Field(60.0, gt=0, description="window for measuring the service time")
+    service_time_min_completions: int = Field(5, ge=1, description="completions needed to trust a measurement")
     level_halflife_s: float = Field(20.0, ge=0, description="Holt level smoothing")
     trend_halflife_s: float = Field(60.0, ge=0, description="Holt trend smoothing")
     drain_target_s: float = Field(30.0, gt=0, description="drain the current queue within this")
@@ -109,6 +110,8 @@ class HybridPolicy(Policy):
         )
         self.service_time_s = p.default_service_time_s
         self._service_time_measured = False
+        self._running_area = TimedWindow(p.service_time_window_s)
+        self._completions = TimedWindow(p.service_time_window_s)
         self._demand_history = BucketedQuantile(p.baseline_window_s, p.baseline_bucket_s)
         self._recommendations = TimedWindow(p.scale_down_stabilization_s)
         self._removals = TimedWindow(p.scale_down_period_s)
@@ -121,14 +124,14 @@ class HybridPolicy(Policy):
         self.cold_start.observe(s)
         if s.arrival_rate is not None:
             self.forecaster.update(s.time, s.arrival_rate)
-        if s.completion_rate and s.total_running > 0:
-            # Little's law on the running set: time in service = running / completions.
-            measured = s.total_running / s.completion_rate
-            if not self._service_time_measured:
-                self.service_time_s, self._service_time_measured = measured, True
-            else:
-                w = halflife_weight(dt, self.params.service_time_halflife_s)
-                self.service_time_s += w * (measured - self.service_time_s)
+        if s.completion_rate is not None and dt > 0:
+            # Little's law over a window: time in service = integral of running / completions.
+            self._running_area.add(s.time, s.total_running * dt)
+            self._completions.add(s.time, s.completion_rate * dt)
+            done = self._completions.total()
+            if done >= self.params.service_time_min_completions:
+                self.service_time_s = self._running_area.total() / done
+                self._service_time_measured = True
 
     # --- the terms -------------------------------------------------------------------
 
@@ -159,7 +162,10 @@ class HybridPolicy(Policy):
         rate = max(level or 0.0, forecast or 0.0)
         # What is running right now is a floor that needs no estimate at all.
         running_replicas = s.total_running / self.params.target_concurrency
-        needed = max(self.replicas_for_rate(rate), running_replicas)
+        # Until a completion has measured the service time, a rate cannot be turned into
+        # replicas without guessing: size on what runs (and the backlog) alone.
+        rate_replicas = self.replicas_for_rate(rate) if self._service_time_measured else 0.0
+        needed = max(rate_replicas, running_replicas)
         return needed, {
             "arrival_rate": s.arrival_rate if s.arrival_rate is not None else -1.0,
             "arrival_rate_level": level if level is not None else -1.0,
@@ -200,7 +206,7 @@ class HybridPolicy(Policy):
         base, base_terms = self.baseline(s)
         demand, demand_terms = self.demand(s, lead_s)
         backlog = self.backlog(s)
-        if trustworthy:
+        if trustworthy and self._service_time_measured:
             self._demand_history.add(s.time, self.replicas_for_rate(self.forecaster.level or 0.0))
         # Sum the fractions, round once: a 0.1-replica queue does not order a whole replica.
         burst = math.ceil(demand + backlog - 1e-9)
