@@ -19,12 +19,16 @@ def api_client(api_url: str | None = None) -> client.ApiClient:
         cfg = client.Configuration()
         cfg.host = api_url or os.environ["QSCALE_KUBE_API"]
         cfg.verify_ssl = False
-        return client.ApiClient(cfg)
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
+    else:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        cfg = client.Configuration.get_default_copy()
+    # No hidden transport retries: urllib3 would resend a timed-out PUT on its own. The
+    # scaler retries itself, after re-reading, so one decision is never written twice.
+    cfg.retries = False
+    return client.ApiClient(cfg)
 
 
 def kubernetes_target(cfg: TargetConfig, identity: str | None = None):

@@ -29,6 +29,9 @@ class OutageRules(BaseModel):
     hold_on_incomplete: bool = True
     fallback_after_s: float | None = Field(None, gt=0)
     fallback_replicas: int | None = Field(None, ge=0)
+    stuck_starting_s: float | None = Field(
+        900.0, gt=0, description="replicas starting longer than this stop further scale-up"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,11 @@ class Controller:
 
     def _guard(self, time: float, signals: Signals, requested: int, current: int) -> tuple[int, str | None, float]:
         rules = self.outage
+        if rules.stuck_starting_s is not None and requested > current:
+            stuck = [r for r in signals.starting() if time - r.started_at > rules.stuck_starting_s]
+            if stuck:
+                # More orders would queue behind whatever keeps these from starting.
+                return current, f"hold: {len(stuck)} replicas stuck starting, no scale-up", 0.0
         if signals.complete:
             self._outage_since = None
             return requested, None, 0.0

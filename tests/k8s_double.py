@@ -48,7 +48,7 @@ def now_iso() -> str:
 @dataclass
 class Faults:
     scale_write_errors: list[int] = field(default_factory=list)  # pop one per PUT/PATCH of scale
-    scale_write_delay_s: float = 0.0
+    scale_write_delay_s: float = 0.0  # applied, then answered this late
     api_down: bool = False  # every request gets 503
     expire_next_watch: bool = False  # next watch: 200 then ERROR 410
     metrics_timeout_pods: set[str] = field(default_factory=set)
@@ -244,8 +244,6 @@ class KubeDouble:
         d = self._deployment(request)
         if d is None:
             return self._not_found(request)
-        if self.faults.scale_write_delay_s:
-            await asyncio.sleep(self.faults.scale_write_delay_s)
         if self.faults.scale_write_errors:
             code = self.faults.scale_write_errors.pop(0)
             reasons = {409: "Conflict", 429: "TooManyRequests", 500: "InternalError"}
@@ -286,6 +284,9 @@ class KubeDouble:
         self._reconcile(d)
         out = self._scale(d)
         out["status"]["replicas"] = old_status  # the reply still carries the old status
+        if self.faults.scale_write_delay_s:
+            # The write has landed; its answer is late (the client may have given up).
+            await asyncio.sleep(self.faults.scale_write_delay_s)
         return web.json_response(out)
 
     async def get_deployment(self, request: web.Request) -> web.Response:

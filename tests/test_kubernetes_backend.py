@@ -213,3 +213,12 @@ def test_leader_election_exactly_one_writes_and_fails_over(kube):
         await (tb if first is a else ta)
 
     run(scenario())
+
+
+def test_a_write_whose_answer_times_out_is_not_written_twice(kube):
+    double, api = kube
+    double.faults.scale_write_delay_s = 2.0  # the write lands, but after the client gave up
+    scaler = KubernetesScaler(api, NS, "vllm", request_timeout_s=1.0)
+    run(scaler.set_replicas(4, "test"))
+    assert [w["replicas"] for w in double.scale_writes] == [4]
+    assert run(scaler.current_replicas()) == 4

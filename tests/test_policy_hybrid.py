@@ -132,3 +132,15 @@ def test_bad_parameter_names_the_field():
 
     with pytest.raises(PolicyConfigError, match="target_concurrency"):
         hybrid(target_concurrency=0)
+
+
+def test_controller_stops_scale_up_while_replicas_are_stuck_starting():
+    from policies import ScaleLimits
+    from policies.control import Controller, OutageRules
+
+    c = Controller(registry.create("static", replicas=5), ScaleLimits(max_replicas=10),
+                   OutageRules(stuck_starting_s=600))
+    out = c.step(1000.0, [ready("a", 0, 0), starting("s", started_at=100.0)], current_replicas=2)
+    assert out.desired == 2 and "stuck" in out.guard
+    out = c.step(1002.0, [ready("a", 0, 0), starting("s", started_at=900.0)], current_replicas=2)
+    assert out.desired == 5 and out.guard is None

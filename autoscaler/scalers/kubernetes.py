@@ -30,7 +30,7 @@ RETRYABLE = {429, 500, 502, 503, 504}
 class KubernetesScaler:
     def __init__(self, api_client: client.ApiClient, namespace: str, deployment: str,
                  allow_other_owners: bool = False, identity: str = "qscale", attempts: int = 5,
-                 owner_check_interval_s: float = 60.0, on_status=None) -> None:
+                 owner_check_interval_s: float = 60.0, on_status=None, request_timeout_s: float = 10.0) -> None:
         self.apps = client.AppsV1Api(api_client)
         self.core = client.CoreV1Api(api_client)
         self.autoscaling = client.AutoscalingV2Api(api_client)
@@ -42,13 +42,15 @@ class KubernetesScaler:
         self.attempts = attempts
         self.owner_check_interval_s = owner_check_interval_s
         self.on_status = on_status
+        self.timeout = request_timeout_s
         self._owners: list[str] = []
         self._owners_checked = -1e18
         self._refusal_reported: tuple[str, ...] = ()
         self.writes = 0
 
     async def current_replicas(self) -> int:
-        scale = await asyncio.to_thread(self.apps.read_namespaced_deployment_scale, self.deployment, self.namespace)
+        scale = await asyncio.to_thread(self.apps.read_namespaced_deployment_scale, self.deployment, self.namespace,
+                                        _request_timeout=self.timeout)
         if self.on_status is not None and scale.status is not None:
             self.on_status(scale.status.replicas or 0)
         return (scale.spec.replicas if scale.spec is not None else None) or 0
@@ -96,7 +98,7 @@ class KubernetesScaler:
         for attempt in range(self.attempts):
             try:
                 scale = await asyncio.to_thread(self.apps.read_namespaced_deployment_scale, self.deployment,
-                                                self.namespace)
+                                                self.namespace, _request_timeout=self.timeout)
                 current = (scale.spec.replicas if scale.spec is not None else None) or 0
                 if current == replicas:
                     return  # already there (an earlier attempt landed, or someone agreed)
@@ -106,7 +108,8 @@ class KubernetesScaler:
                         "spec": {"replicas": replicas}}
                 # Explicit: client 37 sends a PUT body with no Content-Type unless told.
                 await asyncio.to_thread(self.apps.replace_namespaced_deployment_scale, self.deployment,
-                                        self.namespace, body, _headers={"Content-Type": "application/json"})
+                                        self.namespace, body, _headers={"Content-Type": "application/json"},
+                                        _request_timeout=self.timeout)
                 self.writes += 1
                 log.info("scaled", deployment=self.deployment, replicas_from=current, replicas_to=replicas,
                          reason=reason, attempt=attempt + 1)
