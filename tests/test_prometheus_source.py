@@ -81,12 +81,13 @@ def test_prometheus_source_agrees_with_a_direct_scrape(replicas, prometheus):
     source = PrometheusSource(PrometheusSettings(url=prometheus), model_name="m")
     threads = _load(replicas[0])
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 40
         got = None
         while time.monotonic() < deadline:
             got = asyncio.run(source.read(pods(replicas)))
             snap = got.snapshots.get("replica-a")
-            if snap is not None and snap.waiting > 0:
+            # Prometheus picks up targets and scrapes them on its own schedule: wait for both.
+            if snap is not None and snap.waiting > 0 and got.snapshots.get("replica-b") is not None:
                 break
             time.sleep(0.5)
         assert got is not None
