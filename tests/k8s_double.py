@@ -96,6 +96,7 @@ class KubeDouble:
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
         self._pod_n = itertools.count(1)
+        self._closing = False
 
     # --- state ------------------------------------------------------------------------
 
@@ -334,7 +335,7 @@ class KubeDouble:
                 await resp.write((json.dumps({"type": "ADDED", "object": self._slice(d, True)}) + "\n").encode())
             sent = self.rv
         try:
-            while time.monotonic() < deadline and not self.faults.api_down:
+            while time.monotonic() < deadline and not self.faults.api_down and not self._closing:
                 for rv, kind, obj in list(self._slice_events):
                     if rv > sent and obj["metadata"]["labels"]["kubernetes.io/service-name"] in names:
                         await resp.write((json.dumps({"type": kind, "object": obj}) + "\n").encode())
@@ -406,7 +407,7 @@ class KubeDouble:
             self.loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self.loop)
             self._changed = asyncio.Event()
-            self._runner = web.AppRunner(self.app(), access_log=None)
+            self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=2)
             self.loop.run_until_complete(self._runner.setup())
             site = web.TCPSite(self._runner, "127.0.0.1", 0)
             self.loop.run_until_complete(site.start())
@@ -424,6 +425,7 @@ class KubeDouble:
             return
 
         self.faults = Faults()
+        self._closing = True
 
         async def _shutdown():
             for d in self.deployments.values():

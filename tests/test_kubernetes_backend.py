@@ -222,3 +222,55 @@ def test_a_write_whose_answer_times_out_is_not_written_twice(kube):
     run(scaler.set_replicas(4, "test"))
     assert [w["replicas"] for w in double.scale_writes] == [4]
     assert run(scaler.current_replicas()) == 4
+
+
+def test_two_autoscaler_processes_only_the_leader_writes(kube, tmp_path):
+    """`qscale run` twice with leader election against the double: one writes, the other
+    decides (its windows stay warm) but never writes; when the leader stops, the other takes over."""
+    import json
+    import textwrap
+
+    from tests.servers import http_get, qscale_process, wait_http
+
+    double, _ = kube
+    ports = [free_port(), free_port()]
+
+    def config(i: int) -> str:
+        path = tmp_path / f"q{i}.yaml"
+        path.write_text(textwrap.dedent(f"""
+            listen: 127.0.0.1:{ports[i]}
+            tick_s: 1
+            leader_election: true
+            lease_namespace: {NS}
+            lease_duration_s: 3
+            identity: inst-{i}
+            targets:
+              - name: vllm
+                backend: kubernetes
+                kubernetes: {{namespace: {NS}, deployment: vllm, metrics_port: {double.metrics_port},
+                              api_url: "http://127.0.0.1:{double.port}"}}
+                model_name: vllm
+                policy: static
+                params: {{replicas: 3, max_replicas: 5}}
+                limits: {{max_replicas: 5}}
+        """))
+        return str(path)
+
+    with qscale_process("run", "--config", config(0)) as a, qscale_process("run", "--config", config(1)) as b:
+        for port, proc in zip(ports, (a, b), strict=True):
+            wait_http(f"http://127.0.0.1:{port}/readyz", 30, proc)
+        assert wait_for(lambda: double.deployments[(NS, "vllm")].replicas == 3, 15)
+        states = [json.loads(http_get(f"http://127.0.0.1:{p}/api/v1/targets")[1]) for p in ports]
+        assert sorted(s["leader"] for s in states) == [False, True]
+        assert len(double.scale_writes) == 1  # one decision, one write, by the leader only
+        leader = 0 if states[0]["leader"] else 1
+        follower_port = ports[1 - leader]
+        # The follower decided too (warm windows) without writing.
+        assert states[1 - leader]["targets"]["vllm"]["desired"] == 3
+        # Stop the leader; the follower takes over within the lease and acts on a new decision.
+        (a, b)[leader].terminate()
+        (a, b)[leader].wait(20)
+        assert wait_for(lambda: json.loads(http_get(f"http://127.0.0.1:{follower_port}/api/v1/targets")[1])["leader"], 10)
+        double.call(lambda: setattr(double.deployments[(NS, "vllm")], "replicas", 1))
+        assert wait_for(lambda: double.deployments[(NS, "vllm")].replicas == 3, 15)
+        assert len(double.scale_writes) == 2
