@@ -24,8 +24,12 @@ def run(args: argparse.Namespace, settings) -> int:
     if args.check:
         print(f"{args.config}: ok ({len(config.targets)} targets)")
         return 0
+    from qscale.errors import UserError
 
-    return asyncio.run(_main(config))
+    try:
+        return asyncio.run(_main(config))
+    except OSError as exc:  # a port in use, an unreachable API server at start
+        raise UserError(f"cannot start: {exc.strerror or exc}") from None
 
 
 async def _main(config) -> int:
