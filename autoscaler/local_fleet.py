@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from autoscaler.discovery.base import Pod
 from policies import ReplicaState
+from simulations.victims import removal_order
 
 log = structlog.get_logger("qscale.local")
 
@@ -120,10 +121,7 @@ class LocalFleet:
         for _ in range(n - current):
             self.start_one()
         if n < current:
-            # Like a ReplicaSet: starting ones first, then the most recently ready.
-            live = [r for r in self.replicas if r.state is not ReplicaState.DRAINING]
-            live.sort(key=lambda r: (r.state is ReplicaState.READY, -(r.ready_at or r.started_at)))
-            for rep in live[: current - n]:
+            for rep in removal_order(self.replicas, lambda r: r.started_at)[: current - n]:
                 self.stop_one(rep)
 
     async def refresh(self) -> None:

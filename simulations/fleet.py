@@ -20,6 +20,7 @@ from simulations.replica import ReplicaHooks, ReplicaModel
 from simulations.request import Request
 from simulations.results import RequestStats
 from simulations.router import ROUTERS
+from simulations.victims import removal_order
 
 
 @dataclass(eq=False)
@@ -123,11 +124,7 @@ class Fleet(ReplicaHooks):
             self._route(self.pending.popleft())
 
     def _remove(self, count: int) -> None:
-        starting = [r for r in self.replicas if r.state is ReplicaState.STARTING]
-        ready = [r for r in self.replicas if r.state is ReplicaState.READY]
-        victims = sorted(starting, key=lambda r: -r.created_at)
-        victims += sorted(ready, key=lambda r: -(r.ready_at or 0.0))
-        for rep in victims[:count]:
+        for rep in removal_order(self.replicas, lambda r: r.created_at)[:count]:
             if rep.state is ReplicaState.STARTING:
                 if rep.ready_event is not None:
                     EventLoop.cancel(rep.ready_event)
