@@ -76,10 +76,11 @@ class PerformanceProfile(BaseModel):
         # Positive root of qa k^2 + qb k - elapsed = 0, in the form that is stable as qa -> 0.
         k = 2 * elapsed / (qb + math.sqrt(qb * qb + 4 * qa * elapsed))
         steps = int(k)
-        # Guard against rounding at the boundary (at most one step either way).
-        if steps > 0 and self.decode_steps_time(steps, seqs, context0) > elapsed:
+        frac = k - steps
+        # Guard against rounding, only where it can matter: right at a step boundary.
+        if frac < 1e-6 and steps > 0 and self.decode_steps_time(steps, seqs, context0) > elapsed:
             return steps - 1
-        if self.decode_steps_time(steps + 1, seqs, context0) <= elapsed:
+        if frac > 1 - 1e-6 and self.decode_steps_time(steps + 1, seqs, context0) <= elapsed:
             return steps + 1
         return steps
 
