@@ -13,6 +13,10 @@ KEDA splits scaling in two, and so does this port:
 
 The metric is a fleet sum, as a Prometheus query like
 `sum(vllm:num_requests_waiting)` returns it.
+
+Not modelled: `idleReplicaCount`, `fallback` (the control step's outage rules play that
+part for every policy) and `initialCooldownPeriod`; the value is read directly rather than
+through KEDA's metrics adapter and its cache.
 """
 
 from __future__ import annotations

@@ -11,6 +11,11 @@ window. Every 2-s tick:
   the count never decreases;
 * scale to zero waits for the grace period (30 s) after zero is first wanted,
   as the KPA waits for the activator to be in the request path.
+
+Differences from upstream: concurrency is averaged over the samples seen (one per call)
+rather than per-second buckets; `scale-down-delay`, `activation-scale`, `initial-scale`
+and the excess-burst-capacity (activator placement) logic are not modelled. The default
+`target` is upstream's container-concurrency-target-default (100) at 70 % utilization.
 """
 
 from __future__ import annotations
