@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from policies import Policy, registry
@@ -23,6 +25,39 @@ class Comparison:
     initial_replicas: int
     trace_duration_s: float
     config: dict[str, Any] = field(default_factory=dict)
+
+
+class RequestWriter:
+    """One CSV row per simulated request, written as each ends (memory stays flat)."""
+
+    COLUMNS = ("policy", "rid", "arrival_s", "prompt_tokens", "output_tokens", "outcome", "queue_s",
+               "ttft_s", "itl_s", "e2e_s")
+
+    def __init__(self, path: Path) -> None:
+        self._file = path.open("w", newline="")
+        self._csv = csv.writer(self._file)
+        self._csv.writerow(self.COLUMNS)
+
+    def for_policy(self, policy: str) -> Callable:
+        def write(req) -> None:
+            if req.finished is not None:
+                outcome = "completed"
+            elif req.dropped:
+                outcome = "dropped"
+            else:
+                outcome = "rejected"
+            ttft = req.first_token - req.arrival if req.first_token is not None else None
+            e2e = req.finished - req.arrival if req.finished is not None else None
+            itl = ((req.finished - req.first_token) / (req.output - 1)
+                   if req.finished is not None and req.first_token is not None and req.output > 1 else None)
+            queue = req.scheduled - req.arrival if req.scheduled is not None else None
+            self._csv.writerow([policy, req.rid, f"{req.arrival:.6f}", req.prompt, req.output, outcome,
+                                *(f"{v:.6f}" if v is not None else "" for v in (queue, ttft, itl, e2e))])
+
+        return write
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def parse_sets(items: list[str], policies: list[str]) -> dict[str, dict[str, Any]]:
@@ -68,7 +103,9 @@ def compare(
     slo_target: float = 0.99,
     progress: Callable[[str, float], Callable[[float], None]] | None = None,
     auto_initial: bool = True,
+    requests_out: Path | None = None,
 ) -> Comparison:
+    """`requests_out`: also write one CSV row per request of every compared policy (streamed)."""
     sets = sets or {}
     factories = build_policies(policies, sets, max_replicas)
     demand = DemandProfile(traffic(), cfg.profile)
@@ -77,15 +114,18 @@ def compare(
     if auto_initial:
         cfg = cfg.model_copy(update={"initial_replicas": min(max_replicas, initial_replicas(demand, lead))})
 
-    def run(policy: Policy, label: str) -> SimResult:
+    writer = RequestWriter(requests_out) if requests_out is not None else None
+
+    def run(policy: Policy, label: str, record: bool = True) -> SimResult:
         bar = progress(label, duration) if progress else None
-        result = simulate(traffic(), policy, cfg, progress=bar, policy_name=label)
+        on_request = writer.for_policy(label) if writer is not None and record else None
+        result = simulate(traffic(), policy, cfg, progress=bar, policy_name=label, on_request=on_request)
         if bar is not None and hasattr(bar, "close"):
             bar.close()
         return result
 
     oracle, utilization = search_utilization(
-        lambda pol: run(pol, ORACLE), demand, lead, slo_target, lambda r: r.slo_attainment
+        lambda pol: run(pol, ORACLE, record=False), demand, lead, slo_target, lambda r: r.slo_attainment
     )
     results: dict[str, SimResult] = {}
     for name in policies:
@@ -98,6 +138,8 @@ def compare(
             peak = int(OraclePolicy(demand, lead, utilization).need.max(initial=1))
             policy = registry.create("static", replicas=max(1, peak), max_replicas=max(max_replicas, peak))
         results[name] = run(policy, name)
+    if writer is not None:
+        writer.close()
     for r in results.values():
         r.oracle_gpu_hours = oracle.gpu_hours
     oracle.oracle_gpu_hours = oracle.gpu_hours

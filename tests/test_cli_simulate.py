@@ -63,3 +63,21 @@ def test_unknown_column_layout(tmp_path):
     bad.write_text("when,what\n1,2\n")
     proc = qscale("simulate", "--trace", str(bad), "--policy", "hpa")
     assert proc.returncode == 2 and "unknown column layout" in proc.stderr
+
+
+def test_requests_out_has_one_row_per_request(tmp_path):
+    import csv
+
+    out, rows_json = tmp_path / "req.csv", tmp_path / "o.json"
+    proc = qscale("simulate", "--trace", "synthetic:poisson?rate=5&duration=120", "--policy", "hybrid",
+                  "--policy", "static", "--requests-out", str(out), "--json", str(rows_json))
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(out.open()))
+    summary = json.loads(rows_json.read_text())["policies"]
+    for policy in ("hybrid", "static"):
+        mine = [r for r in rows if r["policy"] == policy]
+        assert len(mine) == summary[policy]["requests"]
+        assert len({r["rid"] for r in mine}) == len(mine)
+        done = [r for r in mine if r["outcome"] == "completed"]
+        assert len(done) == summary[policy]["completed"]
+        assert all(float(r["ttft_s"]) <= float(r["e2e_s"]) for r in done)

@@ -32,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write results as JSON here")
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG figure here")
+    parser.add_argument("--requests-out", type=Path, default=None,
+                        help="write one CSV row per request (TTFT, ITL, e2e, queue time, outcome)")
     parser.add_argument("--config", dest="settings_file", default=None, help="settings YAML")
 
 
@@ -48,7 +50,7 @@ def _check(args: argparse.Namespace) -> None:
         raise UserError("--scrape-lag must not be negative")
     if args.slo_ttft is not None and args.slo_ttft <= 0:
         raise UserError("--slo-ttft must be positive")
-    for out in (args.json, args.plot):
+    for out in (args.json, args.plot, args.requests_out):
         if out is not None:
             try:
                 out.parent.mkdir(parents=True, exist_ok=True)
@@ -95,7 +97,8 @@ def run(args: argparse.Namespace, settings) -> int:
     def progress(label: str, total: float):
         return ProgressBar(label, total, unit="sim s")
 
-    comparison = compare(traffic, names, cfg, sets, args.max_replicas, args.slo_target, progress)
+    comparison = compare(traffic, names, cfg, sets, args.max_replicas, args.slo_target, progress,
+                         requests_out=args.requests_out)
     _print_table(comparison, cfg.slo_ttft_s)
     if args.json is not None:
         payload = {
