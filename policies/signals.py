@@ -78,13 +78,5 @@ class Signals:
     def total_in_flight(self) -> float:
         return self.total_waiting + self.total_running
 
-    @property
-    def capacity_replicas(self) -> int:
-        """Ready plus starting: capacity that exists or is already ordered."""
-        return self.ready_replicas + self.starting_replicas
-
     def starting(self) -> list[ReplicaSample]:
         return [r for r in self.replicas if r.state is ReplicaState.STARTING]
-
-    def ready(self) -> list[ReplicaSample]:
-        return [r for r in self.replicas if r.state is ReplicaState.READY]

@@ -36,13 +36,6 @@ class EventLoop:
     def cancel(ev: EventHandle) -> None:
         ev[2] = None
 
-    def next_time(self) -> float:
-        """Time of the next live event, or +inf."""
-        heap = self._heap
-        while heap and heap[0][2] is None:
-            heapq.heappop(heap)
-        return heap[0][0] if heap else float("inf")
-
     def run_until(self, until: float) -> None:
         """Run every event with time <= `until`, then set the clock to `until`."""
         heap = self._heap

@@ -192,12 +192,6 @@ class ReplicaModel:
                 req.epoch += 1
         self._aborted.clear()
 
-    def take_waiting(self) -> list[Request]:
-        """Hand back queued requests that were never scheduled (replica going away)."""
-        taken = [r for r in self.waiting if r.scheduled is None]
-        self.waiting = deque(r for r in self.waiting if r.scheduled is not None)
-        return taken
-
     # --- the scheduler ----------------------------------------------------------------
 
     def _cut_segment(self) -> None:
@@ -354,11 +348,7 @@ class ReplicaModel:
         self.generation_tokens += n
 
     def _segment_end(self, steps: int) -> None:
-        n = self.n_dec * steps
-        self.steps += steps
-        self.ctx_dec += n
-        self.kv_used += n
-        self.generation_tokens += n
+        self._advance_decodes(steps)
         heap = self._decode_heap
         if heap and heap[0][0] <= self.steps:
             self._finish_decodes()

@@ -27,7 +27,6 @@ class LogHistogram:
         self._buffer: list[float] = []
         self.add = self._buffer.append  # type: ignore[method-assign]
         self._n = 0
-        self._total = 0.0
 
     def add(self, v: float) -> None:  # replaced per instance by the buffer's append
         self._buffer.append(v)
@@ -45,7 +44,6 @@ class LogHistogram:
         idx[mid] = 1 + (np.log(v[mid] / self.LO) * self._scale).astype(np.int64)
         self.counts += np.bincount(idx, minlength=self.BINS + 2)
         self._n += len(v)
-        self._total += float(v.sum())
 
     def maybe_fold(self) -> None:
         if len(self._buffer) >= self.BATCH:
@@ -68,11 +66,6 @@ class LogHistogram:
             return self.HI
         # Geometric middle of bin i.
         return self.LO * math.exp((i - 0.5) / self._scale)
-
-    @property
-    def mean(self) -> float | None:
-        self._fold()
-        return self._total / self._n if self._n else None
 
 
 @dataclass
