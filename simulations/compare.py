@@ -1,4 +1,5 @@
-"""Compare policies on one traffic stream: every policy and the oracle, same fleet, same seed."""
+"""Compare policies on one traffic stream: every policy and the three reference points
+(`bound`, `static-best`, `oracle`), same fleet, same warm start, same seed."""
 
 from __future__ import annotations
 
@@ -10,21 +11,31 @@ from typing import Any
 
 from policies import Policy, registry
 from qscale.errors import UserError
-from simulations.oracle import DemandProfile, OraclePolicy, initial_replicas, search_utilization
+from simulations.oracle import OraclePolicy, OracleSearch, initial_replicas
+from simulations.references import BOUND, NAMES, ORACLE, STATIC_BEST, References, find_references
 from simulations.runner import SimConfig, SimResult, simulate
 from simulations.traffic import TraceChunk
+from simulations.work import TraceWork
 
-ORACLE = "oracle"
+REJECTED_WARNING_SHARE = 0.01
 
 
 @dataclass
 class Comparison:
     results: dict[str, SimResult]
-    oracle: SimResult
-    oracle_utilization: float
+    references: References
     initial_replicas: int
     trace_duration_s: float
+    rejected_share: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def oracle(self) -> SimResult:
+        return self.references.oracle
+
+    @property
+    def oracle_utilization(self) -> float | None:
+        return self.references.oracle_utilization
 
 
 class RequestWriter:
@@ -84,7 +95,7 @@ def build_policies(names: list[str], sets: dict[str, dict[str, Any]], max_replic
     """Validate every policy's parameters up front (fail before any run), return factories."""
     factories: dict[str, Callable[[], Policy]] = {}
     for name in names:
-        if name == ORACLE:
+        if name in NAMES:
             continue
         params = {"max_replicas": max_replicas, **sets.get(name, {})}
         if name == "static":
@@ -104,46 +115,57 @@ def compare(
     progress: Callable[[str, float], Callable[[float], None]] | None = None,
     auto_initial: bool = True,
     requests_out: Path | None = None,
+    warn: Callable[[str], None] | None = None,
+    oracle_search: OracleSearch | None = None,
 ) -> Comparison:
-    """`requests_out`: also write one CSV row per request of every compared policy (streamed)."""
+    """`requests_out`: also write one CSV row per request of every compared policy (streamed).
+    `warn`: called with a one-line message when over 1 % of the trace cannot be served."""
     sets = sets or {}
     factories = build_policies(policies, sets, max_replicas)
-    demand = DemandProfile(traffic(), cfg.profile)
-    duration = len(demand.work) * demand.bucket_s
+    work = TraceWork(traffic(), cfg.profile, prefix_caching=cfg.prefix_caching)
+    if warn is not None and work.rejected_share() > REJECTED_WARNING_SHARE:
+        warn(rejected_warning(work, cfg))
     lead = cfg.cold_start.upper()
     if auto_initial:
-        cfg = cfg.model_copy(update={"initial_replicas": min(max_replicas, initial_replicas(demand, lead))})
-
+        cfg = cfg.model_copy(update={"initial_replicas": min(max_replicas, initial_replicas(work, lead))})
     writer = RequestWriter(requests_out) if requests_out is not None else None
 
     def run(policy: Policy, label: str, record: bool = True) -> SimResult:
-        bar = progress(label, duration) if progress else None
+        bar = progress(label, work.duration_s) if progress else None
         on_request = writer.for_policy(label) if writer is not None and record else None
         result = simulate(traffic(), policy, cfg, progress=bar, policy_name=label, on_request=on_request)
         if bar is not None and hasattr(bar, "close"):
             bar.close()
         return result
 
-    oracle, utilization = search_utilization(
-        lambda pol: run(pol, ORACLE, record=False), demand, lead, slo_target, lambda r: r.slo_attainment
+    refs = find_references(
+        work, cfg,
+        run_static=lambda n: run(registry.create("static", replicas=n, max_replicas=max(n, 1)), STATIC_BEST, False),
+        run_oracle=lambda u: run(OraclePolicy(work, lead, u), ORACLE, False),
+        ceiling=max_replicas, slo_target=slo_target, search=oracle_search,
     )
     results: dict[str, SimResult] = {}
     for name in policies:
-        if name == ORACLE:
-            results[name] = oracle
+        if name in NAMES:
+            results[name] = refs.rows()[name]
             continue
         policy = factories[name]()
         if name == "static" and "replicas" not in sets.get(name, {}):
-            # Static provisioning for the peak the oracle needed (what a careful team would buy).
-            peak = int(OraclePolicy(demand, lead, utilization).need.max(initial=1))
-            policy = registry.create("static", replicas=max(1, peak), max_replicas=max(max_replicas, peak))
+            # Static without a count: the smallest constant fleet that meets the target.
+            policy = registry.create("static", replicas=refs.static_best_replicas,
+                                     max_replicas=max(max_replicas, refs.static_best_replicas))
         results[name] = run(policy, name)
+        refs.annotate(results[name])
     if writer is not None:
         writer.close()
-    for r in results.values():
-        r.oracle_gpu_hours = oracle.gpu_hours
-    oracle.oracle_gpu_hours = oracle.gpu_hours
-    return Comparison(results, oracle, utilization, cfg.initial_replicas, duration)
+    return Comparison(results, refs, cfg.initial_replicas, work.duration_s, work.rejected_share())
 
 
-__all__ = ["ORACLE", "Comparison", "OraclePolicy", "compare", "parse_sets"]
+def rejected_warning(work: TraceWork, cfg: SimConfig) -> str:
+    t, p = work.totals, cfg.profile
+    return (f"warning: {t.rejected:,} of {t.requests:,} requests ({work.rejected_share():.1%}) have prompts "
+            f"longer than {p.name}'s max_model_len {p.max_model_len:,} (or its KV cache): they are rejected, "
+            f"counted as SLO misses, and excluded from bound and oracle; pick a longer-context profile")
+
+
+__all__ = ["BOUND", "NAMES", "ORACLE", "STATIC_BEST", "Comparison", "compare", "parse_sets"]

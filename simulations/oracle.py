@@ -1,70 +1,29 @@
-"""The clairvoyant oracle: a lower bound on GPU-hours (simulation only).
+"""The hindsight schedule ("oracle"): a clairvoyant policy for simulation only.
 
-It reads the whole trace ahead of time and knows the cold start (the model's
-upper bound), so it can order each replica exactly one cold start before the
-demand that needs it and release it as soon as that demand has passed.
+It reads the whole trace ahead of time (`TraceWork`: replica-seconds of engine
+work per 10-s bucket) and knows the cold start, so it orders each replica one
+cold start before the bucket that needs it and releases it once that demand
+has passed. A bucket needs ceil(work / (bucket x utilization)) replicas.
 
-Demand is measured in replica-seconds of engine work per time bucket, using
-the same performance profile as the replicas: a request costs its prefill
-(`prefill_token_s x prompt`) plus its share of decode steps at the batch the
-KV cache allows (`output x step(B) / B`). A bucket needs
-ceil(work / (bucket x utilization)) replicas.
-
-"Fewest replicas that keep the SLO" is found by search: `search_utilization`
-runs the oracle at decreasing utilizations and keeps the first (cheapest) one
-whose SLO attainment reaches the target. This is a reference point, not a
-proof of optimality: a smarter placement could do slightly better.
+How the cheapest schedule is found (`search_oracle`): the utilization is
+searched, not picked from a grid. Starting at 1.0 it doubles or halves until
+it brackets the target SLO attainment, then bisects (`OracleSearch.steps`
+runs) to the highest utilization whose run still meets the target; the
+utilization is not capped at 1.0 (the work estimate is approximate, so the
+true break-even can lie above it). The result is the cheapest schedule found,
+not a proof of optimality: another schedule shape could do better, and
+`bound` (`simulations/work.py`) is the figure nothing can beat.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from policies import Decision, Policy, PolicyParams, Signals
-from simulations.profile import PerformanceProfile
-from simulations.traffic import TraceChunk
-
-
-class DemandProfile:
-    """Engine work per bucket, from one streaming pass over the traffic."""
-
-    def __init__(self, chunks: Iterator[TraceChunk], profile: PerformanceProfile, bucket_s: float = 10.0) -> None:
-        self.bucket_s = bucket_s
-        prompt_sum: dict[int, float] = {}
-        output_sum: dict[int, float] = {}
-        n = 0
-        tokens = 0.0
-        for c in chunks:
-            if not len(c):
-                continue
-            b = (c.arrival // bucket_s).astype(np.int64)
-            for arr, acc in ((c.prompt, prompt_sum), (c.output, output_sum)):
-                sums = np.bincount(b - b[0], weights=arr)
-                for i, v in enumerate(sums):
-                    if v:
-                        acc[int(b[0]) + i] = acc.get(int(b[0]) + i, 0.0) + float(v)
-            n += len(c)
-            tokens += float(c.prompt.sum() + c.output.sum() / 2)
-        size = (max(prompt_sum) + 1) if prompt_sum else 1
-        prompts = np.zeros(size)
-        outputs = np.zeros(size)
-        for k, v in prompt_sum.items():
-            prompts[k] = v
-        for k, v in output_sum.items():
-            outputs[k] = v
-        mean_ctx = tokens / n if n else 1.0
-        batch = max(1, min(profile.max_num_seqs, int(profile.kv_capacity_tokens / (1.2 * mean_ctx))))
-        step = profile.step_time(0, batch, batch * mean_ctx)
-        self.batch = batch
-        work = profile.prefill_token_s * prompts + outputs * step / batch
-        # A request's work spans more than its arrival bucket: smooth over neighbours.
-        padded = np.concatenate([[0.0], work, [0.0]])
-        self.work = np.maximum(np.maximum(padded[:-2], padded[1:-1]), padded[2:])
-
-    def needed(self, utilization: float) -> np.ndarray:
-        return np.ceil(self.work / (self.bucket_s * utilization) - 1e-9).astype(np.int64)
+from simulations.work import TraceWork
 
 
 class OracleParams(PolicyParams):
@@ -78,11 +37,11 @@ class OraclePolicy(Policy):
     name = "oracle"
     Params = OracleParams
 
-    def __init__(self, demand: DemandProfile, lead_s: float, utilization: float,
+    def __init__(self, work: TraceWork, lead_s: float, utilization: float,
                  params: OracleParams | None = None) -> None:
         super().__init__(params)
-        self.need = demand.needed(utilization)
-        self.bucket_s = demand.bucket_s
+        self.need = work.needed(utilization)
+        self.bucket_s = work.bucket_s
         self.lead_s = lead_s
         self.utilization = utilization
 
@@ -94,36 +53,76 @@ class OraclePolicy(Policy):
         return Decision(self.bounded(desired), "clairvoyant", {"lead_s": self.lead_s,
                                                                  "utilization": self.utilization})
 
-    def initial(self) -> int:
-        return int(self.need[:2].max()) if len(self.need) else 0
+
+@dataclass
+class OracleSearch:
+    """Knobs of the utilization search (see the module docstring)."""
+
+    start: float = 1.0
+    lowest: float = 0.05
+    highest: float = 8.0
+    steps: int = 5  # bisection runs once bracketed: about 3 % resolution
 
 
-UTILIZATIONS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
-
-
-def search_utilization(
-    run: Callable[[OraclePolicy], object],
-    demand: DemandProfile,
-    lead_s: float,
+def search_oracle(
+    run: Callable[[float], object],
     slo_target: float,
     attainment: Callable[[object], float],
+    search: OracleSearch | None = None,
 ) -> tuple[object, float]:
-    """Cheapest oracle run (highest utilization) whose SLO attainment reaches `slo_target`."""
-    best: tuple[object, float] | None = None
-    for u in UTILIZATIONS:
-        result = run(OraclePolicy(demand, lead_s, u))
-        if best is None or attainment(result) > attainment(best[0]):
-            best = (result, u)
-        if attainment(result) >= slo_target:
-            return result, u
-    assert best is not None
-    return best
+    """Highest utilization whose run meets `slo_target`: (that run, utilization).
+
+    `run(u)` simulates the schedule at utilization u. When even the lowest
+    utilization misses the target, the run with the best attainment is returned.
+    """
+    s = search or OracleSearch()
+    runs: dict[float, object] = {}
+
+    def meets(u: float) -> bool:
+        if u not in runs:
+            runs[u] = run(u)
+        return attainment(runs[u]) >= slo_target
+
+    lo, hi = _bracket(meets, s)
+    if lo is None:  # even the lowest utilization misses: the best attainment seen
+        best = max(runs, key=lambda k: attainment(runs[k]))
+        return runs[best], best
+    if hi is None:  # even the highest meets the target
+        return runs[lo], lo
+    for _ in range(s.steps):
+        mid = (lo * hi) ** 0.5
+        if meets(mid):
+            lo = mid
+        else:
+            hi = mid
+    return runs[lo], lo
 
 
-def initial_replicas(demand: DemandProfile, lead_s: float, utilization: float = 0.5) -> int:
+def _bracket(meets: Callable[[float], bool], s: OracleSearch) -> tuple[float | None, float | None]:
+    """(lo, hi): lo meets the target, hi does not; doubling up or halving down from `start`."""
+    if meets(s.start):
+        lo = s.start
+        while lo * 2 <= s.highest:
+            if not meets(lo * 2):
+                return lo, lo * 2
+            lo *= 2
+        return lo, None
+    hi = s.start
+    while hi / 2 >= s.lowest:
+        if meets(hi / 2):
+            return hi / 2, hi
+        hi /= 2
+    return None, hi
+
+
+def initial_replicas(work: TraceWork, lead_s: float, utilization: float = 0.5) -> int:
     """The warm fleet every compared policy starts with: enough for the demand of the first
     cold start, since nothing ordered at t=0 is ready before then (as a deployment that
     was already running would have)."""
-    need = demand.needed(utilization)
-    first = need[: int(lead_s // demand.bucket_s) + 2]
+    need = work.needed(utilization)
+    first = need[: int(lead_s // work.bucket_s) + 2]
     return max(1, int(first.max())) if len(first) else 1
+
+
+def peak_replicas(work: TraceWork, utilization: float = 1.0) -> int:
+    return max(1, int(np.max(work.needed(utilization), initial=1)))

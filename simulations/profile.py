@@ -85,7 +85,7 @@ class PerformanceProfile(BaseModel):
         return steps
 
 
-BUILTIN = ("llama3-8b-h100", "llama3-8b-a100")
+BUILTIN = ("llama3-8b-h100", "llama3-8b-a100", "llama31-8b-128k-h100")
 
 
 def load_profile(name_or_path: str) -> PerformanceProfile:

@@ -80,6 +80,12 @@ class SimResult:
     duration_s: float
     timeline: list[TimelineRow] = field(default_factory=list)
     oracle_gpu_hours: float | None = None
+    bound_gpu_hours: float | None = None
+    static_best_gpu_hours: float | None = None
+
+    def ratio(self, denominator: float | None) -> float | None:
+        """GPU-hours as a multiple of a reference's (None when there is none)."""
+        return self.gpu_hours / denominator if denominator else None
 
     def summary(self) -> dict:
         d = asdict(self)

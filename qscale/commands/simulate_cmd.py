@@ -15,7 +15,7 @@ HELP = "replay a trace against a simulated fleet and compare scaling policies"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trace", required=True, help="trace file, or synthetic:NAME?k=v (poisson, mmpp, diurnal, ramp, step)")
-    parser.add_argument("--policy", action="append", required=True, help="policy name (repeat); 'oracle' for the clairvoyant bound")
+    parser.add_argument("--policy", action="append", required=True, help="policy name (repeat); reference points: bound, oracle, static-best")
     parser.add_argument("--set", action="append", default=[], metavar="POLICY.PARAM=VALUE", help="policy parameter (repeat)")
     parser.add_argument("--rate-scale", type=float, default=1.0, help="multiply the arrival rate (default 1)")
     parser.add_argument("--start", type=float, default=0.0, help="start this many seconds into the trace")
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="llama3-8b-h100", help="performance profile name or YAML (default llama3-8b-h100)")
     parser.add_argument("--max-replicas", type=int, default=100, help="fleet ceiling for every policy (default 100)")
     parser.add_argument("--slo-ttft", type=float, default=None, help="TTFT SLO in seconds (default 2)")
-    parser.add_argument("--slo-target", type=float, default=0.99, help="attainment the oracle must reach (default 0.99)")
+    parser.add_argument("--slo-target", type=float, default=0.99, help="SLO attainment that oracle and static-best must reach (default 0.99)")
     parser.add_argument("--router", choices=["round_robin", "least_outstanding"], default="round_robin")
     parser.add_argument("--scrape-lag", type=float, default=0.0, help="seconds the autoscaler's data lags")
     parser.add_argument("--scrape-failure-rate", type=float, default=0.0, help="share of failed pod scrapes")
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace, settings) -> int:
     from policies import ScaleLimits, registry
     from qscale.progress import ProgressBar
     from simulations.coldstart import ColdStartModel
-    from simulations.compare import ORACLE, compare, parse_sets
+    from simulations.compare import NAMES, compare, parse_sets
     from simulations.profile import load_profile
     from simulations.runner import SimConfig
     from simulations.traffic import detect_format, load_traffic
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace, settings) -> int:
         detect_format(Path(args.trace))
     names = list(dict.fromkeys(args.policy))
     for name in names:
-        if name != ORACLE:
+        if name not in NAMES:
             registry.get(name)
     sets = parse_sets(args.set, names)
     sim = settings.simulation
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace, settings) -> int:
         return ProgressBar(label, total, unit="sim s")
 
     comparison = compare(traffic, names, cfg, sets, args.max_replicas, args.slo_target, progress,
-                         requests_out=args.requests_out)
+                         requests_out=args.requests_out, warn=lambda line: print(line, file=sys.stderr))
     _print_table(comparison, cfg.slo_ttft_s)
     if args.json is not None:
         payload = {
@@ -108,6 +108,8 @@ def run(args: argparse.Namespace, settings) -> int:
             "slo_ttft_s": cfg.slo_ttft_s,
             "initial_replicas": comparison.initial_replicas,
             "oracle_utilization": comparison.oracle_utilization,
+            "static_best_replicas": comparison.references.static_best_replicas,
+            "rejected_share": comparison.rejected_share,
             "policies": {
                 name: {**r.summary(), "timeline": [asdict(row) for row in r.timeline]}
                 for name, r in comparison.results.items()
@@ -121,20 +123,27 @@ def run(args: argparse.Namespace, settings) -> int:
     return 0
 
 
+def _ratio(value: float | None) -> str:
+    return f"{value:.2f}" if value is not None else "-"
+
+
 def _print_table(c, slo: float) -> None:
     out = sys.stdout
     out.write(
-        f"{'policy':<10} {'SLO<' + format(slo, 'g') + 's':>9} {'TTFT p99':>9} {'GPU-h':>8} "
-        f"{'x oracle':>8} {'scale ev':>8} {'flaps':>6} {'dropped':>8}\n"
+        f"{'policy':<12} {'SLO<' + format(slo, 'g') + 's':>8} {'rejected':>8} {'TTFT p99':>9} {'GPU-h':>8} "
+        f"{'x oracle':>8} {'x static':>8} {'x bound':>8} {'scale ev':>8} {'flaps':>6} {'dropped':>8}\n"
     )
     for name, r in c.results.items():
-        ratio = r.gpu_hours / r.oracle_gpu_hours if r.oracle_gpu_hours else float("nan")
         p99 = f"{r.ttft_p99_s:.2f}s" if r.ttft_p99_s is not None else "-"
         out.write(
-            f"{name:<10} {r.slo_attainment:>9.2%} {p99:>9} {r.gpu_hours:>8.2f} {ratio:>8.2f} "
-            f"{r.scale_events:>8} {r.flaps:>6} {r.dropped:>8}\n"
+            f"{name:<12} {r.slo_attainment:>8.2%} {r.rejected:>8} {p99:>9} {r.gpu_hours:>8.2f} "
+            f"{_ratio(r.ratio(r.oracle_gpu_hours)):>8} {_ratio(r.ratio(r.static_best_gpu_hours)):>8} "
+            f"{_ratio(r.ratio(r.bound_gpu_hours)):>8} {r.scale_events:>8} {r.flaps:>6} {r.dropped:>8}\n"
         )
+    refs = c.references
+    how = (f"schedule at {refs.oracle_utilization:.0%} of the work estimate" if refs.oracle_utilization
+           else "a constant fleet was the cheapest schedule found")
     out.write(
-        f"(oracle at {c.oracle_utilization:.0%} utilization: {c.oracle.gpu_hours:.2f} GPU-h; "
-        f"every policy started with {c.initial_replicas} warm replicas)\n"
+        f"(oracle: {refs.oracle.gpu_hours:.2f} GPU-h, {how}; static-best: {refs.static_best_replicas} replicas; "
+        f"bound: {refs.bound.gpu_hours:.2f} GPU-h; every policy started with {c.initial_replicas} warm replicas)\n"
     )
