@@ -105,6 +105,50 @@ def build_policies(names: list[str], sets: dict[str, dict[str, Any]], max_replic
     return factories
 
 
+class Workbench:
+    """One traffic stream on one simulated fleet setup: its work, its warm start, and runs.
+
+    Every run on a workbench shares the traffic, the profile, the cold start, the
+    ceiling and the warm start, so its results compare like for like.
+    """
+
+    def __init__(self, traffic: Callable[[], Iterator[TraceChunk]], cfg: SimConfig, ceiling: int,
+                 auto_initial: bool = True,
+                 progress: Callable[[str, float], Callable[[float], None]] | None = None) -> None:
+        self.traffic = traffic
+        self.work = TraceWork(traffic(), cfg.profile, prefix_caching=cfg.prefix_caching)
+        self.lead_s = cfg.cold_start.upper()
+        self.ceiling = ceiling
+        if auto_initial:
+            cfg = cfg.model_copy(update={"initial_replicas": min(ceiling, initial_replicas(self.work, self.lead_s))})
+        self.cfg = cfg
+        self.progress = progress
+        self.on_request: Callable[[str], Callable | None] = lambda label: None
+        self.runs = 0
+
+    def run(self, policy: Policy, label: str, record: bool = True) -> SimResult:
+        bar = self.progress(label, self.work.duration_s) if self.progress else None
+        on_request = self.on_request(label) if record else None
+        result = simulate(self.traffic(), policy, self.cfg, progress=bar, policy_name=label,
+                          on_request=on_request)
+        if bar is not None and hasattr(bar, "close"):
+            bar.close()
+        self.runs += 1
+        return result
+
+    def create(self, name: str, params: dict[str, Any] | None = None) -> Policy:
+        """A registered policy under this workbench's ceiling."""
+        return registry.create(name, **{"max_replicas": self.ceiling, **(params or {})})
+
+    def references(self, slo_target: float, search: OracleSearch | None = None) -> References:
+        return find_references(
+            self.work, self.cfg,
+            run_static=lambda n: self.run(self.create("static", {"replicas": n}), STATIC_BEST, False),
+            run_oracle=lambda u: self.run(OraclePolicy(self.work, self.lead_s, u), ORACLE, False),
+            ceiling=self.ceiling, slo_target=slo_target, search=search,
+        )
+
+
 def compare(
     traffic: Callable[[], Iterator[TraceChunk]],
     policies: list[str],
@@ -122,28 +166,13 @@ def compare(
     `warn`: called with a one-line message when over 1 % of the trace cannot be served."""
     sets = sets or {}
     factories = build_policies(policies, sets, max_replicas)
-    work = TraceWork(traffic(), cfg.profile, prefix_caching=cfg.prefix_caching)
-    if warn is not None and work.rejected_share() > REJECTED_WARNING_SHARE:
-        warn(rejected_warning(work, cfg))
-    lead = cfg.cold_start.upper()
-    if auto_initial:
-        cfg = cfg.model_copy(update={"initial_replicas": min(max_replicas, initial_replicas(work, lead))})
+    bench = Workbench(traffic, cfg, max_replicas, auto_initial, progress)
+    if warn is not None and bench.work.rejected_share() > REJECTED_WARNING_SHARE:
+        warn(rejected_warning(bench.work, cfg))
     writer = RequestWriter(requests_out) if requests_out is not None else None
-
-    def run(policy: Policy, label: str, record: bool = True) -> SimResult:
-        bar = progress(label, work.duration_s) if progress else None
-        on_request = writer.for_policy(label) if writer is not None and record else None
-        result = simulate(traffic(), policy, cfg, progress=bar, policy_name=label, on_request=on_request)
-        if bar is not None and hasattr(bar, "close"):
-            bar.close()
-        return result
-
-    refs = find_references(
-        work, cfg,
-        run_static=lambda n: run(registry.create("static", replicas=n, max_replicas=max(n, 1)), STATIC_BEST, False),
-        run_oracle=lambda u: run(OraclePolicy(work, lead, u), ORACLE, False),
-        ceiling=max_replicas, slo_target=slo_target, search=oracle_search,
-    )
+    if writer is not None:
+        bench.on_request = writer.for_policy
+    refs = bench.references(slo_target, oracle_search)
     results: dict[str, SimResult] = {}
     for name in policies:
         if name in NAMES:
@@ -152,13 +181,13 @@ def compare(
         policy = factories[name]()
         if name == "static" and "replicas" not in sets.get(name, {}):
             # Static without a count: the smallest constant fleet that meets the target.
-            policy = registry.create("static", replicas=refs.static_best_replicas,
-                                     max_replicas=max(max_replicas, refs.static_best_replicas))
-        results[name] = run(policy, name)
+            policy = bench.create("static", {"replicas": refs.static_best_replicas})
+        results[name] = bench.run(policy, name)
         refs.annotate(results[name])
     if writer is not None:
         writer.close()
-    return Comparison(results, refs, cfg.initial_replicas, work.duration_s, work.rejected_share())
+    return Comparison(results, refs, bench.cfg.initial_replicas, bench.work.duration_s,
+                      bench.work.rejected_share())
 
 
 def rejected_warning(work: TraceWork, cfg: SimConfig) -> str:
@@ -168,4 +197,4 @@ def rejected_warning(work: TraceWork, cfg: SimConfig) -> str:
             f"counted as SLO misses, and excluded from bound and oracle; pick a longer-context profile")
 
 
-__all__ = ["BOUND", "NAMES", "ORACLE", "STATIC_BEST", "Comparison", "compare", "parse_sets"]
+__all__ = ["BOUND", "NAMES", "ORACLE", "STATIC_BEST", "Comparison", "Workbench", "compare", "parse_sets"]

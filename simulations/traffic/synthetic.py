@@ -4,13 +4,15 @@ Spec syntax: `synthetic:NAME?key=value&key=value`, e.g.
 `synthetic:poisson?rate=20&duration=3600`. Every generator takes `duration`
 (s, default 3600) and `seed` (default 0); request lengths are lognormal around
 `prompt_mean` (default 1155) and `output_mean` (default 211), the Azure 2023
-conversation trace's means.
+conversation trace's means, with log-space spreads `prompt_sigma` (0.8) and
+`output_sigma` (0.9; 1.5 or more gives heavy-tailed outputs), capped at
+`prompt_max` (7900) and `output_max` (2000) tokens.
 
 Processes (rates in requests per second), a registry instead of an if-chain:
 * `poisson`: `rate` (10);
 * `mmpp`: bursty two-state Markov-modulated Poisson: `low` (5), `high` (40),
   `mean_low_s` (300), `mean_high_s` (60);
-* `diurnal`: `rate` (10) x (1 + `amplitude` (0.6) x sin(2 pi t / `period_s` (86400)));
+* `diurnal`: `rate` (10) x (1 + `amplitude` (0.6) x sin(2 pi (t + `phase_s` (0)) / `period_s` (86400)));
 * `ramp`: linear from `start_rate` (2) to `end_rate` (40);
 * `step`: `low` (5), jumping to `high` (30) at `at` (duration / 3) until `until` (2 x duration / 3).
 """
@@ -38,7 +40,8 @@ def _poisson(p: dict[str, float], rng: np.random.Generator) -> RateFn:
 
 def _diurnal(p: dict[str, float], rng: np.random.Generator) -> RateFn:
     rate, amp, period = p.get("rate", 10.0), p.get("amplitude", 0.6), p.get("period_s", 86400.0)
-    return lambda t: rate * (1 + amp * np.sin(2 * math.pi * t / period))
+    phase = p.get("phase_s", 0.0)
+    return lambda t: rate * (1 + amp * np.sin(2 * math.pi * (t + phase) / period))
 
 
 def _ramp(p: dict[str, float], rng: np.random.Generator) -> RateFn:
@@ -91,7 +94,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, float]]:
         except ValueError:
             raise UserError(f"synthetic:{name}: {key} must be a number, got {value!r}") from None
     for key, value in params.items():
-        if value < 0:
+        if value < 0 and key != "phase_s":
             raise UserError(f"synthetic:{name}: {key} must not be negative")
     if params["duration"] <= 0:
         raise UserError(f"synthetic:{name}: duration must be positive")
@@ -109,7 +112,8 @@ def _chunks(name: str, params: dict[str, float]) -> Iterator[TraceChunk]:
     rate_fn = PROCESSES[name](params, rng)
     duration = params["duration"]
     prompt_mean, output_mean = params.get("prompt_mean", 1155.0), params.get("output_mean", 211.0)
-    sigma_p, sigma_o = 0.8, 0.9
+    sigma_p, sigma_o = params.get("prompt_sigma", 0.8), params.get("output_sigma", 0.9)
+    prompt_max, output_max = params.get("prompt_max", 7900.0), params.get("output_max", 2000.0)
     start = 0.0
     while start < duration:
         end = min(duration, start + CHUNK_S)
@@ -124,7 +128,7 @@ def _chunks(name: str, params: dict[str, float]) -> Iterator[TraceChunk]:
         output = rng.lognormal(math.log(output_mean) - sigma_o**2 / 2, sigma_o, n)
         yield TraceChunk(
             arrival,
-            np.clip(prompt, 1, 7900).astype(np.int32),
-            np.clip(output, 1, 2000).astype(np.int32),
+            np.clip(prompt, 1, max(1.0, prompt_max)).astype(np.int32),
+            np.clip(output, 1, max(1.0, output_max)).astype(np.int32),
         )
         start = end

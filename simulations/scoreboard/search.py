@@ -1,0 +1,93 @@
+"""Each baseline at its best within its own parameter space: metric and target searched.
+
+For a fixed metric, a higher target means fewer replicas and a lower SLO
+attainment, so the cheapest target that still meets the SLO target is found
+by bisection on a log scale (`steps` runs per metric). The best
+configuration is the cheapest one that meets the target over all metrics, or,
+when none does, the one with the highest attainment.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from simulations.runner import SimResult
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One line of a search: fixed parameters and a target searched over [lo, hi]."""
+
+    fixed: dict[str, Any]
+    param: str
+    lo: float
+    hi: float
+
+
+# The blog posts' configurations (the policies' defaults: HPA and KEDA on 5 waiting
+# requests per pod, Knative's defaults) and the spaces their best is searched in.
+BLOG: dict[str, dict[str, Any]] = {"hpa": {}, "keda": {}, "kpa": {}}
+SPACES: dict[str, list[Axis]] = {
+    "hpa": [Axis({"metric": "in_flight"}, "target_average_value", 4, 256),
+            Axis({"metric": "waiting"}, "target_average_value", 0.25, 32)],
+    "keda": [Axis({"metric": "in_flight"}, "target_average_value", 4, 256),
+             Axis({"metric": "waiting"}, "target_average_value", 0.25, 32)],
+    "kpa": [Axis({}, "target", 4, 256)],
+}
+
+
+@dataclass
+class Found:
+    result: SimResult
+    params: dict[str, Any]
+    tried: list[tuple[dict[str, Any], float, float]] = field(default_factory=list)  # params, SLO, GPU-h
+
+
+Run = Callable[[dict[str, Any]], SimResult]
+
+
+def search_axis(run: Run, axis: Axis, slo_target: float, steps: int, found: Found | None) -> Found | None:
+    """Cheapest target on one axis meeting `slo_target`; updates `found` with every run."""
+    cache: dict[float, SimResult] = {}
+
+    def meets(x: float) -> bool:
+        if x not in cache:
+            params = {**axis.fixed, axis.param: round(x, 4)}
+            cache[x] = run(params)
+            nonlocal found
+            found = _keep_better(found, cache[x], params, slo_target)
+            found.tried.append((params, cache[x].slo_attainment, cache[x].gpu_hours))
+        return cache[x].slo_attainment >= slo_target
+
+    # Bisection on a log scale, taking `lo` to meet and `hi` to miss without running them:
+    # `steps` runs narrow [lo, hi] by a factor 2**steps in log space.
+    lo, hi = axis.lo, axis.hi
+    for _ in range(steps):
+        mid = math.sqrt(lo * hi)
+        if meets(mid):
+            lo = mid
+        else:
+            hi = mid
+    return found
+
+
+def best_config(run: Run, space: list[Axis], slo_target: float, steps: int = 4) -> Found:
+    found: Found | None = None
+    for axis in space:
+        found = search_axis(run, axis, slo_target, steps, found)
+    assert found is not None
+    return found
+
+
+def _keep_better(found: Found | None, result: SimResult, params: dict[str, Any], target: float) -> Found:
+    if found is None:
+        return Found(result, params)
+    a_ok, b_ok = result.slo_attainment >= target, found.result.slo_attainment >= target
+    better = (a_ok and not b_ok) or (a_ok and b_ok and result.gpu_hours < found.result.gpu_hours) or (
+        not a_ok and not b_ok and result.slo_attainment > found.result.slo_attainment)
+    if better:
+        return Found(result, params, found.tried)
+    return found
