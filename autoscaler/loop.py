@@ -31,6 +31,7 @@ def reading_for(pod: Pod, snap: Any) -> ReplicaReading:
         name=pod.name, state=pod.state, started_at=pod.started_at, ready_at=pod.ready_at,
         waiting=snap.waiting, running=snap.running, kv_cache_usage=snap.kv_usage or 0.0,
         requests_finished=snap.requests_finished, generation_tokens=snap.generation_tokens,
+        prompt_tokens=snap.prompt_tokens, preemptions=snap.preemptions,
         ttft_sum=snap.ttft_sum, ttft_count=snap.ttft_count, prefix_queries=snap.prefix_queries,
         prefix_hits=snap.prefix_hits, queue_sum=snap.queue_sum, queue_count=snap.queue_count,
     )

@@ -32,6 +32,8 @@ class ReplicaReading:
     kv_cache_usage: float = 0.0
     requests_finished: float | None = None  # vllm:request_success_total, summed
     generation_tokens: float | None = None  # vllm:generation_tokens_total
+    prompt_tokens: float | None = None  # vllm:prompt_tokens_total (whole prompts, cached tokens too)
+    preemptions: float | None = None  # vllm:num_preemptions_total
     ttft_sum: float | None = None  # vllm:time_to_first_token_seconds_sum
     ttft_count: float | None = None  # vllm:time_to_first_token_seconds_count
     prefix_queries: float | None = None  # vllm:prefix_cache_queries_total
@@ -53,6 +55,32 @@ def counter_delta(new: float | None, old: float | None) -> float | None:
     if new < old:  # reset: the counter started again from zero
         return new
     return new - old
+
+
+@dataclass(slots=True)
+class _Rates:
+    """Counter increases summed over the replicas read this tick (None-aware)."""
+
+    prompt_tokens: float = 0.0
+    first_tokens: float = 0.0
+    preemptions: float = 0.0
+    has_prompt: bool = False
+    has_first: bool = False
+    has_preemptions: bool = False
+
+    def add(self, new: ReplicaReading, old: ReplicaReading) -> None:
+        d = counter_delta(new.prompt_tokens, old.prompt_tokens)
+        if d is not None:
+            self.prompt_tokens += d
+            self.has_prompt = True
+        d = counter_delta(new.ttft_count, old.ttft_count)
+        if d is not None:
+            self.first_tokens += d
+            self.has_first = True
+        d = counter_delta(new.preemptions, old.preemptions)
+        if d is not None:
+            self.preemptions += d
+            self.has_preemptions = True
 
 
 class SignalsBuilder:
@@ -78,6 +106,7 @@ class SignalsBuilder:
         ready = starting = draining = 0
         missing: list[str] = []
         arrivals = finished = tokens = 0.0
+        counted = _Rates()
         ttft_sum = ttft_count = queries = hits = queue_sum = queue_count = 0.0
         rate_dt: float | None = None
         seen: set[str] = set()
@@ -112,6 +141,7 @@ class SignalsBuilder:
                 # A replica born since our last look: all it has seen arrived in this interval.
                 prev = _Previous(self._last_time, ReplicaReading(
                     r.name, r.state, r.started_at, requests_finished=0.0, generation_tokens=0.0,
+                    prompt_tokens=0.0, preemptions=0.0,
                     ttft_sum=0.0, ttft_count=0.0, prefix_queries=0.0, prefix_hits=0.0,
                     queue_sum=0.0, queue_count=0.0))
             if prev is not None and time > prev.time:
@@ -129,6 +159,7 @@ class SignalsBuilder:
                 if d_tok is not None:
                     tokens += d_tok
                     tokens_per_s = d_tok / dt
+                counted.add(r, prev.reading)
                 d_ts = counter_delta(r.ttft_sum, prev.reading.ttft_sum)
                 d_tc = counter_delta(r.ttft_count, prev.reading.ttft_count)
                 if d_ts is not None and d_tc:
@@ -192,4 +223,7 @@ class SignalsBuilder:
             prefix_cache_hit_rate=hits / queries if queries else None,
             mean_ttft_s=ttft_sum / ttft_count if ttft_count else None,
             mean_queue_wait_s=queue_sum / queue_count if queue_count else None,
+            prompt_tokens_per_s=counted.prompt_tokens / rate_dt if rate_dt and counted.has_prompt else None,
+            first_tokens_per_s=counted.first_tokens / rate_dt if rate_dt and counted.has_first else None,
+            preemptions_per_s=counted.preemptions / rate_dt if rate_dt and counted.has_preemptions else None,
         )

@@ -20,7 +20,9 @@ from policies.signals import Signals
 class OutageRules(BaseModel):
     """What the loop does when some replicas cannot be read (live and simulated alike).
 
-    Missing data reads low, so by default no policy may scale down on it; after
+    These guards live here and nowhere else: every policy gets them, none repeats them.
+    Missing data reads low, so by default no policy may scale down on it; stale data
+    (older than `stale_after_s`) holds the fleet; after
     `fallback_after_s` of continuous outage the fleet goes to `fallback_replicas`
     (like KEDA's fallback), if set.
     """
@@ -31,6 +33,9 @@ class OutageRules(BaseModel):
     fallback_replicas: int | None = Field(None, ge=0)
     stuck_starting_s: float | None = Field(
         900.0, gt=0, description="replicas starting longer than this stop further scale-up"
+    )
+    stale_after_s: float | None = Field(
+        30.0, gt=0, description="readings older than this change nothing: the fleet holds"
     )
 
 
@@ -73,6 +78,9 @@ class Controller:
 
     def _guard(self, time: float, signals: Signals, requested: int, current: int) -> tuple[int, str | None, float]:
         rules = self.outage
+        if rules.stale_after_s is not None and signals.data_age_s > rules.stale_after_s and requested != current:
+            # Stale data says nothing about now: neither way is safe.
+            return current, f"hold: data is {signals.data_age_s:.0f}s old", 0.0
         if rules.stuck_starting_s is not None and requested > current:
             stuck = [r for r in signals.starting() if time - r.started_at > rules.stuck_starting_s]
             if stuck:

@@ -73,6 +73,9 @@ class Signals:
     prefix_cache_hit_rate: float | None = None
     mean_ttft_s: float | None = None  # mean TTFT of requests that got a first token last interval
     mean_queue_wait_s: float | None = None  # mean time requests scheduled last interval waited
+    prompt_tokens_per_s: float | None = None  # prompt tokens of requests that started, cached ones too
+    first_tokens_per_s: float | None = None  # requests that got their first token, per second
+    preemptions_per_s: float | None = None
 
     @property
     def total_in_flight(self) -> float:

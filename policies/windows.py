@@ -31,8 +31,20 @@ class TimedWindow:
     def values(self) -> list[float]:
         return [v for _, v in self._samples]
 
+    def items(self) -> list[tuple[float, float]]:
+        return list(self._samples)
+
     def max(self, default: float) -> float:
         return max((v for _, v in self._samples), default=default)
+
+    def max_since(self, since: float, default: float) -> float:
+        """Largest value at or after `since` (or `default` if none, and never below it)."""
+        best = default
+        for t, v in reversed(self._samples):
+            if t < since:
+                break
+            best = max(best, v)
+        return best
 
     def mean(self) -> float | None:
         if not self._samples:
@@ -117,3 +129,49 @@ class HoltForecaster:
         if self.level is None:
             return None
         return max(0.0, self.level + self.trend * horizon_s)
+
+
+class SlidingMax:
+    """Maximum of the samples of the last `window_s` seconds (monotonic deque, O(1) amortized)."""
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self._samples: deque[tuple[float, float]] = deque()
+
+    def add(self, time: float, value: float) -> float:
+        """Add a sample; returns the maximum over the window ending at `time`."""
+        while self._samples and self._samples[-1][1] <= value:
+            self._samples.pop()
+        self._samples.append((time, value))
+        cutoff = time - self.window_s
+        while self._samples[0][0] < cutoff:
+            self._samples.popleft()
+        return self._samples[0][1]
+
+
+class BucketedMaxQuantile:
+    """Quantile of per-bucket maxima over a long window (memory: one number per bucket)."""
+
+    def __init__(self, window_s: float, bucket_s: float) -> None:
+        self.bucket_s = bucket_s
+        self._buckets = TimedWindow(window_s)
+        self._current_start: float | None = None
+        self._current_max = -math.inf
+
+    def add(self, time: float, value: float) -> None:
+        start = math.floor(time / self.bucket_s) * self.bucket_s
+        if self._current_start is not None and start != self._current_start:
+            self._buckets.add(self._current_start, self._current_max)
+            self._current_max = -math.inf
+        self._current_start = start
+        self._current_max = max(self._current_max, value)
+        self._buckets.evict(time)
+
+    def quantile(self, q: float) -> float | None:
+        values = self._buckets.values()
+        if self._current_start is not None:
+            values.append(self._current_max)
+        if not values:
+            return None
+        values.sort()
+        return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]

@@ -12,6 +12,7 @@ from typing import Any
 from policies import Policy, registry
 from qscale.errors import UserError
 from simulations.oracle import OraclePolicy, OracleSearch, initial_replicas
+from simulations.profile import PerformanceProfile
 from simulations.references import BOUND, NAMES, ORACLE, STATIC_BEST, References, find_references
 from simulations.runner import SimConfig, SimResult, simulate
 from simulations.traffic import TraceChunk
@@ -91,13 +92,22 @@ def parse_sets(items: list[str], policies: list[str]) -> dict[str, dict[str, Any
     return out
 
 
-def build_policies(names: list[str], sets: dict[str, dict[str, Any]], max_replicas: int) -> dict[str, Callable[[], Policy]]:
+def hardware_defaults(name: str, params: dict[str, Any], profile: PerformanceProfile | None) -> dict[str, Any]:
+    """A policy with an `engine` parameter (a replica's step-time model) gets the simulated
+    profile's unless the user set it: the hardware is a fact of the setup, not a tuning knob."""
+    if profile is None or "engine" in params or "engine" not in registry.get(name).Params.model_fields:
+        return params
+    return {**params, "engine": profile.engine()}
+
+
+def build_policies(names: list[str], sets: dict[str, dict[str, Any]], max_replicas: int,
+                   profile: PerformanceProfile | None = None) -> dict[str, Callable[[], Policy]]:
     """Validate every policy's parameters up front (fail before any run), return factories."""
     factories: dict[str, Callable[[], Policy]] = {}
     for name in names:
         if name in NAMES:
             continue
-        params = {"max_replicas": max_replicas, **sets.get(name, {})}
+        params = hardware_defaults(name, {"max_replicas": max_replicas, **sets.get(name, {})}, profile)
         if name == "static":
             params.setdefault("replicas", None)
         registry.params(name, **{k: v for k, v in params.items() if v is not None})
@@ -119,6 +129,7 @@ class Workbench:
         self.work = TraceWork(traffic(), cfg.profile, prefix_caching=cfg.prefix_caching)
         self.lead_s = cfg.cold_start.upper()
         self.ceiling = ceiling
+        self.auto_initial = auto_initial
         if auto_initial:
             cfg = cfg.model_copy(update={"initial_replicas": min(ceiling, initial_replicas(self.work, self.lead_s))})
         self.cfg = cfg
@@ -126,10 +137,13 @@ class Workbench:
         self.on_request: Callable[[str], Callable | None] = lambda label: None
         self.runs = 0
 
-    def run(self, policy: Policy, label: str, record: bool = True) -> SimResult:
+    def run(self, policy: Policy, label: str, record: bool = True, initial: int | None = None) -> SimResult:
+        """`initial`: this run's own warm fleet (the reference points': a constant fleet has
+        always been at its size, a clairvoyant schedule at its first need)."""
         bar = self.progress(label, self.work.duration_s) if self.progress else None
         on_request = self.on_request(label) if record else None
-        result = simulate(self.traffic(), policy, self.cfg, progress=bar, policy_name=label,
+        cfg = self.cfg if initial is None else self.cfg.model_copy(update={"initial_replicas": initial})
+        result = simulate(self.traffic(), policy, cfg, progress=bar, policy_name=label,
                           on_request=on_request)
         if bar is not None and hasattr(bar, "close"):
             bar.close()
@@ -138,15 +152,29 @@ class Workbench:
 
     def create(self, name: str, params: dict[str, Any] | None = None) -> Policy:
         """A registered policy under this workbench's ceiling."""
-        return registry.create(name, **{"max_replicas": self.ceiling, **(params or {})})
+        params = hardware_defaults(name, {"max_replicas": self.ceiling, **(params or {})}, self.cfg.profile)
+        return registry.create(name, **params)
 
-    def references(self, slo_target: float, search: OracleSearch | None = None) -> References:
-        return find_references(
+    def references(self, slo_target: float, search: OracleSearch | None = None,
+                   warm_start_from_static: bool = True) -> References:
+        """The three reference points. `warm_start_from_static`: from now on every run starts
+        with static-best's fleet (a deployment that was already serving well), so no policy
+        pays for, or profits from, a warm start that differs from the constant fleet's."""
+        refs = find_references(
             self.work, self.cfg,
-            run_static=lambda n: self.run(self.create("static", {"replicas": n}), STATIC_BEST, False),
-            run_oracle=lambda u: self.run(OraclePolicy(self.work, self.lead_s, u), ORACLE, False),
+            run_static=lambda n: self.run(self.create("static", {"replicas": n}), STATIC_BEST, False, n),
+            run_oracle=self._run_oracle,
             ceiling=self.ceiling, slo_target=slo_target, search=search,
         )
+        if warm_start_from_static and self.auto_initial:
+            self.cfg = self.cfg.model_copy(update={"initial_replicas": refs.static_best_replicas})
+        return refs
+
+
+    def _run_oracle(self, utilization: float) -> SimResult:
+        oracle = OraclePolicy(self.work, self.lead_s, utilization)
+        first = oracle.need[: int((self.cfg.warmup_s + self.lead_s) // self.work.bucket_s) + 2]
+        return self.run(oracle, ORACLE, False, int(first.max(initial=0)))
 
 
 def compare(
@@ -165,7 +193,7 @@ def compare(
     """`requests_out`: also write one CSV row per request of every compared policy (streamed).
     `warn`: called with a one-line message when over 1 % of the trace cannot be served."""
     sets = sets or {}
-    factories = build_policies(policies, sets, max_replicas)
+    factories = build_policies(policies, sets, max_replicas, cfg.profile)
     bench = Workbench(traffic, cfg, max_replicas, auto_initial, progress)
     if warn is not None and bench.work.rejected_share() > REJECTED_WARNING_SHARE:
         warn(rejected_warning(bench.work, cfg))
@@ -179,10 +207,12 @@ def compare(
             results[name] = refs.rows()[name]
             continue
         policy = factories[name]()
+        initial = None
         if name == "static" and "replicas" not in sets.get(name, {}):
             # Static without a count: the smallest constant fleet that meets the target.
             policy = bench.create("static", {"replicas": refs.static_best_replicas})
-        results[name] = bench.run(policy, name)
+            initial = refs.static_best_replicas
+        results[name] = bench.run(policy, name, initial=initial)
         refs.annotate(results[name])
     if writer is not None:
         writer.close()

@@ -219,6 +219,8 @@ class Fleet(ReplicaHooks):
                     kv_cache_usage=m.kv_usage(),
                     requests_finished=m.requests_finished,
                     generation_tokens=m.generation_tokens_now(),
+                    prompt_tokens=m.prompt_tokens,
+                    preemptions=m.preemptions,
                     ttft_sum=m.ttft_sum,
                     ttft_count=m.ttft_count,
                     prefix_queries=m.prefix_queries,

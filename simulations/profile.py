@@ -47,6 +47,12 @@ class PerformanceProfile(BaseModel):
     def kv_capacity_tokens(self) -> int:
         return self.num_gpu_blocks * self.block_size
 
+    def engine(self) -> dict:
+        """This profile as a policy's `engine` parameter (`policies.engine.EngineParams`)."""
+        return {"base_s": self.base_s, "prefill_token_s": self.prefill_token_s,
+                "decode_seq_s": self.decode_seq_s, "context_token_s": self.context_token_s,
+                "kv_cache_tokens": self.kv_capacity_tokens, "max_num_seqs": self.max_num_seqs}
+
     def step_time(self, prefill_tokens: int, decode_seqs: int, context_tokens: float) -> float:
         return (
             self.base_s

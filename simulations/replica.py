@@ -363,7 +363,6 @@ class ReplicaModel:
             req.prefill_left -= t
             req.computed += t
             self.kv_used += t
-            self.prompt_tokens += t
             if req.prefill_left > 0:
                 continue
             # Prefill done: this step sampled the next token.
@@ -372,6 +371,10 @@ class ReplicaModel:
             self.generation_tokens += 1
             self.kv_used += 1
             if req.first_token is None:
+                # vllm:prompt_tokens counts each whole prompt once, cached tokens included, when
+                # its prefill completes (v1/metrics/stats.py IterationStats.num_prompt_tokens,
+                # recorded by loggers.py PrometheusStatLogger.record).
+                self.prompt_tokens += req.prompt
                 req.first_token = now
                 self.ttft_sum += now - req.arrival
                 self.ttft_count += 1

@@ -29,6 +29,8 @@ DEFAULT_QUERIES = {
     "kv_usage": "avg by ({pod}) (vllm:kv_cache_usage_perc{sel}) or avg by ({pod}) (vllm:gpu_cache_usage_perc{sel})",
     "requests_finished": "sum by ({pod}) (vllm:request_success_total{sel})",
     "generation_tokens": "sum by ({pod}) (vllm:generation_tokens_total{sel})",
+    "prompt_tokens": "sum by ({pod}) (vllm:prompt_tokens_total{sel})",
+    "preemptions": "sum by ({pod}) (vllm:num_preemptions_total{sel})",
     "ttft_sum": "sum by ({pod}) (vllm:time_to_first_token_seconds_sum{sel})",
     "ttft_count": "sum by ({pod}) (vllm:time_to_first_token_seconds_count{sel})",
     "queue_sum": "sum by ({pod}) (vllm:request_queue_time_seconds_sum{sel})",

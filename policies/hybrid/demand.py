@@ -1,0 +1,105 @@
+"""Demand in replicas: now, its typical level and trend, and the bursts it has shown.
+
+* `now`: the arrival rate times the work per request, over the capacity a
+  replica is planned at, smoothed with a short half-life;
+* `level`: the median of `now` over the last `level_window_s` (a burst
+  shorter than half the window does not move it);
+* `trend`: the smaller of the last two changes between the medians of
+  consecutive `trend_window_s` windows: a swell moves every window's median alike, a burst
+  moves none, a step moves only one of the two changes;
+* `excess`: for each past cold-start-long window, how far demand peaked above
+  the level around it, judged in hindsight (the larger of the level before
+  the window and the level over the level window after it): a burst that came and went counts in
+  full, a lasting shift counts not at all (the level follows it). Its
+  `quantile` over a long history is the headroom kept warm, since a burst
+  shorter than a cold start can only be served by capacity already there.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+
+from policies.windows import TimedWindow, halflife_weight
+
+BUCKET_S = 10.0
+
+
+class DemandTracker:
+    def __init__(self, now_halflife_s: float, level_window_s: float, trend_window_s: float,
+                 history_s: float) -> None:
+        self.now_halflife_s = now_halflife_s
+        self.level_window_s = level_window_s
+        self.trend_window_s = trend_window_s
+        self.now = 0.0
+        self._last: float | None = None
+        self._recent = TimedWindow(max(level_window_s, 3 * trend_window_s))  # (time, now): level, trend
+        self._buckets: deque[tuple[float, float, float]] = deque()  # (start, max now, level) per bucket
+        self._bucket: tuple[float, float] | None = None  # the open bucket: start, max now
+        self.excess = TimedWindow(history_s)
+        self._range = TimedWindow(history_s)  # every bucket's max, until excesses exist
+
+    def add(self, time: float, replicas: float, lead_s: float) -> None:
+        if self._last is None:
+            self.now = replicas
+        elif time > self._last:
+            self.now += halflife_weight(time - self._last, self.now_halflife_s) * (replicas - self.now)
+        self._last = time
+        self._recent.add(time, self.now)
+        self._add_to_bucket(time, lead_s)
+
+    def _add_to_bucket(self, time: float, lead_s: float) -> None:
+        start = time - time % BUCKET_S
+        if self._bucket is not None and self._bucket[0] != start:
+            self._buckets.append((self._bucket[0], self._bucket[1], self.level))
+            self._range.add(self._bucket[0], self._bucket[1])
+            self._finalize(time, lead_s)
+        peak = self.now if self._bucket is None or self._bucket[0] != start else max(self._bucket[1], self.now)
+        self._bucket = (start, peak)
+
+    def _finalize(self, time: float, lead_s: float) -> None:
+        """Judge every window that ended a level window ago: its peak above the levels around it
+        (the level now is the median over the level window that followed it)."""
+        settle = lead_s + self.level_window_s
+        while self._buckets and time - self._buckets[0][0] >= settle:
+            t0, _, level_before = self._buckets[0]
+            peak = max(m for t, m, _ in self._buckets if t < t0 + max(lead_s, BUCKET_S))
+            self.excess.add(time, max(0.0, peak - max(level_before, self.level)))
+            self._buckets.popleft()
+
+    def _window_medians(self) -> list[float] | None:
+        """Medians of `now` over the last three trend windows, newest first."""
+        if self._last is None:
+            return None
+        w = self.trend_window_s
+        windows: list[list[float]] = [[], [], []]
+        for t, v in self._recent.items():
+            k = int((self._last - t) // w)
+            if 0 <= k < 3:
+                windows[k].append(v)
+        return [statistics.median(x) if x else 0.0 for x in windows] if all(windows) else None
+
+    @property
+    def level(self) -> float:
+        if self._last is None:
+            return 0.0
+        recent = [v for t, v in self._recent.items() if self._last - t < self.level_window_s]
+        return statistics.median(recent) if recent else self.now
+
+    @property
+    def trend(self) -> float:
+        """Replicas per second: the smaller of the last two window-median changes (0 if they disagree)."""
+        m = self._window_medians()
+        if m is None:
+            return 0.0
+        rises = (m[0] - m[1], m[1] - m[2])
+        if min(rises) <= 0 <= max(rises):
+            return 0.0
+        return min(rises, key=abs) / self.trend_window_s
+
+    def headroom(self, quantile: float) -> float:
+        """Replicas above the level that bursts reached, at `quantile` over the history."""
+        values = sorted(self.excess.values())
+        if not values:  # too early to judge any window: the whole range seen so far
+            return max(0.0, self._range.max(default=self.now) - self.level)
+        return values[min(len(values) - 1, max(0, int(quantile * len(values) + 0.999999) - 1))]

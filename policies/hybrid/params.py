@@ -1,0 +1,65 @@
+"""The hybrid policy's parameters; every default is meant to work on traffic it has not seen."""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from policies.base import PolicyParams
+from policies.engine import EngineParams
+
+
+class ScheduleWindow(BaseModel):
+    """Keep at least `replicas` warm between `start_hour` and `end_hour` (local time)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    start_hour: float = Field(ge=0, le=24)
+    end_hour: float = Field(ge=0, le=24)
+    replicas: int = Field(ge=0)
+    weekdays: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6)  # Monday = 0
+
+    def active(self, epoch_s: float, utc_offset_hours: float) -> bool:
+        local = epoch_s + utc_offset_hours * 3600
+        days = math.floor(local / 86400)
+        weekday = (days + 3) % 7  # 1970-01-01 was a Thursday
+        hour = (local - days * 86400) / 3600
+        if weekday not in self.weekdays:
+            return False
+        if self.start_hour <= self.end_hour:
+            return self.start_hour <= hour < self.end_hour
+        return hour >= self.start_hour or hour < self.end_hour  # wraps midnight
+
+
+class HybridParams(PolicyParams):
+    min_replicas: int = 1
+    max_replicas: int = 50
+    engine: EngineParams = Field(default_factory=EngineParams,
+                                 description="a replica's step-time model: the prior for its capacity")
+    target_utilization: float = Field(1.0, gt=0, le=1.5, description="share of a replica's full-batch capacity to plan for")
+    demand_halflife_s: float = Field(5.0, ge=0, description="smoothing of the demand now")
+    level_window_s: float = Field(300.0, gt=0, description="the demand's level is its median over this window")
+    trend_window_s: float = Field(120.0, gt=0, description="the trend compares demand medians of windows this long")
+    burst_quantile: float = Field(0.9, ge=0, le=1, description="quantile of past bursts (peak above level within a cold start) kept warm")
+    burst_history_s: float = Field(1800.0, gt=0, description="how far back bursts are remembered")
+    mix_halflife_s: float = Field(300.0, gt=0, description="smoothing of the learned request sizes")
+    prior_prompt_tokens: float = Field(1000.0, gt=0, description="mean prompt until measured")
+    prior_output_tokens: float = Field(200.0, gt=0, description="mean output until measured")
+    drain_target_s: float = Field(30.0, gt=0, description="drain a backlog that outlasts a cold start within this")
+    default_cold_start_s: float = Field(180.0, ge=0)
+    cold_start_min_observations: int = Field(3, ge=1)
+    cold_start_quantile: float = Field(0.75, ge=0, le=1)
+    schedule: tuple[ScheduleWindow, ...] = ()
+    utc_offset_hours: float = Field(0.0, ge=-14, le=14)
+    scale_down_stabilization_s: float | None = Field(
+        None, ge=0, description="ready replicas are kept this long after they were last needed (None: one cold start)")
+    scale_down_percent: float = Field(10.0, gt=0, le=100, description="most of the fleet removed per period")
+    scale_down_period_s: float = Field(30.0, gt=0)
+    cancel_starting_after_s: float = Field(20.0, ge=0, description="a starting replica no longer needed this long is cancelled")
+
+    @model_validator(mode="after")
+    def _schedule_within_bounds(self) -> HybridParams:
+        for w in self.schedule:
+            if w.replicas > self.max_replicas:
+                raise ValueError(f"schedule replicas {w.replicas} exceed max_replicas")
+        return self
