@@ -2,8 +2,9 @@
 
 * `now`: the arrival rate times the work per request, over the capacity a
   replica is planned at, smoothed with a short half-life;
-* `level`: the median of `now` over the last `level_window_s` (a burst
-  shorter than half the window does not move it);
+* `level`: the lower quartile of `now` over the last `level_window_s` (the
+  base under the bursts: bursts filling less than 3/4 of the window do not
+  move it);
 * `trend`: the smaller of the last two changes between the medians of
   consecutive `trend_window_s` windows: a swell moves every window's median alike, a burst
   moves none, a step moves only one of the two changes;
@@ -81,10 +82,11 @@ class DemandTracker:
 
     @property
     def level(self) -> float:
+        """The demand's base: its lower quartile over the level window."""
         if self._last is None:
             return 0.0
-        recent = [v for t, v in self._recent.items() if self._last - t < self.level_window_s]
-        return statistics.median(recent) if recent else self.now
+        recent = sorted(v for t, v in self._recent.items() if self._last - t < self.level_window_s)
+        return recent[len(recent) // 4] if recent else self.now
 
     @property
     def trend(self) -> float:

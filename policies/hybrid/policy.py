@@ -109,7 +109,8 @@ class HybridPolicy(Policy):
                  "backlog_replicas": backlog, "floor": floor, "lead_time_s": lead_s,
                  "request_seconds": cost, "mean_prompt": self.mix.prompt.value,
                  "mean_output": self.mix.output.value, "raw": raw}
-        self._needed.add(s.time, raw)
+        # A backlog is transient by nature: what it orders is not kept through the stabilization.
+        self._needed.add(s.time, self.bounded(math.ceil(want - backlog - 1e-6)))
         current = s.current_replicas
         if raw > current:
             return Decision(raw, f"scale up for {self._why(warm + ahead, now, backlog, floor)}", terms)
