@@ -18,12 +18,15 @@
 
 from __future__ import annotations
 
-import statistics
 from collections import deque
 
 from policies.windows import TimedWindow, halflife_weight
 
 BUCKET_S = 10.0
+
+
+def _lower_quartile(values: list[float]) -> float:
+    return sorted(values)[len(values) // 4]
 
 
 class DemandTracker:
@@ -69,7 +72,7 @@ class DemandTracker:
             self._buckets.popleft()
 
     def _window_medians(self) -> list[float] | None:
-        """Medians of `now` over the last three trend windows, newest first."""
+        """Lower quartiles of `now` over the last three trend windows, newest first."""
         if self._last is None:
             return None
         w = self.trend_window_s
@@ -78,15 +81,15 @@ class DemandTracker:
             k = int((self._last - t) // w)
             if 0 <= k < 3:
                 windows[k].append(v)
-        return [statistics.median(x) if x else 0.0 for x in windows] if all(windows) else None
+        return [_lower_quartile(x) for x in windows] if all(windows) else None
 
     @property
     def level(self) -> float:
         """The demand's base: its lower quartile over the level window."""
         if self._last is None:
             return 0.0
-        recent = sorted(v for t, v in self._recent.items() if self._last - t < self.level_window_s)
-        return recent[len(recent) // 4] if recent else self.now
+        recent = [v for t, v in self._recent.items() if self._last - t < self.level_window_s]
+        return _lower_quartile(recent) if recent else self.now
 
     @property
     def trend(self) -> float:
@@ -100,8 +103,13 @@ class DemandTracker:
         return min(rises, key=abs) / self.trend_window_s
 
     def headroom(self, quantile: float) -> float:
-        """Replicas above the level that bursts reached, at `quantile` over the history."""
+        """Replicas above the level that bursts reached: the `quantile` of the judged windows,
+        or more if a window not yet judged peaked higher above both the level before it and
+        the level now (a burst stays a burst until the level shows it was a shift)."""
+        level = self.level
+        pending = max((m - max(before, level) for _, m, before in self._buckets), default=0.0)
         values = sorted(self.excess.values())
         if not values:  # too early to judge any window: the whole range seen so far
-            return max(0.0, self._range.max(default=self.now) - self.level)
-        return values[min(len(values) - 1, max(0, int(quantile * len(values) + 0.999999) - 1))]
+            return max(0.0, pending, self._range.max(default=self.now) - level)
+        judged = values[min(len(values) - 1, max(0, int(quantile * len(values) + 0.999999) - 1))]
+        return max(0.0, judged, pending)

@@ -58,6 +58,7 @@ class HybridPolicy(Policy):
         self._needed = TimedWindow(3600.0)  # (time, replicas wanted): for the scale-down windows
         self._removals = TimedWindow(p.scale_down_period_s)
         self._last_time: float | None = None
+        self._first_time: float | None = None
 
     # --- learning ----------------------------------------------------------------------
 
@@ -92,6 +93,8 @@ class HybridPolicy(Policy):
 
     def decide(self, s: Signals) -> Decision:
         p = self.params
+        if self._first_time is None:
+            self._first_time = s.time
         self.cold_start.observe(s)
         lead_s = self.cold_start.estimate()
         # Incomplete readings read low: learn nothing from them.
@@ -135,6 +138,8 @@ class HybridPolicy(Policy):
         # Ready replicas: keep what was needed within the window, then a percentage per period.
         window = p.scale_down_stabilization_s if p.scale_down_stabilization_s is not None else lead_s
         stabilized = int(self._needed.max_since(s.time - window, raw))
+        if self._first_time is not None and s.time - self._first_time < p.min_history_s:
+            stabilized = current  # too little seen yet to know which bursts to expect
         self._removals.evict(s.time)
         allowed = max(1, math.floor(current * p.scale_down_percent / 100)) - int(self._removals.total())
         release = min(max(0, allowed), max(0, current - cancel - stabilized))
