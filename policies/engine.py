@@ -31,12 +31,15 @@ class EngineParams(BaseModel):
         by_kv = self.kv_cache_tokens * self.kv_fill / max(context_per_request, 1.0)
         return max(1.0, min(float(self.max_num_seqs), by_kv))
 
-    def request_seconds(self, prompt: float, computed_prompt: float, output: float) -> float:
+    def request_seconds(self, prompt: float, computed_prompt: float, output: float,
+                        context: float | None = None) -> float:
         """Replica-seconds one request costs at the largest batch the KV cache allows.
 
         Its prefill (`computed_prompt` tokens: the prompt less prefix-cache hits), plus
-        `output` decode steps, each costing its share of a full batch's step.
+        `output` decode steps, each costing its share of a full batch's step. `context`:
+        the KV tokens a running request holds on average (default: prompt + output / 2;
+        measured, it is larger when long outputs hold the cache longest).
         """
-        context = prompt + output / 2.0
+        context = max(prompt + output / 2.0, context or 0.0)
         per_token = self.base_s / self.batch(context) + self.decode_seq_s + self.context_token_s * context
         return self.prefill_token_s * computed_prompt + output * per_token

@@ -1,4 +1,5 @@
-"""The request mix, learned from vLLM's counters: mean prompt, output and prefix-cache hit share.
+"""The request mix, learned from vLLM's metrics: mean prompt, output, prefix-cache hit share, and
+the KV cache a running request holds (`vllm:kv_cache_usage_perc` x the cache's size / running).
 
 Each mean is a ratio of two decayed sums (tokens over requests), so an interval
 with many requests weighs more than a quiet one, and the estimate follows a
@@ -33,8 +34,9 @@ class RequestMix:
         self.prompt = _DecayedRatio(prior_prompt)  # prompt tokens per started request
         self.output = _DecayedRatio(prior_output)  # generated tokens per finished request
         self.hit = _DecayedRatio(0.0)  # prefix-cache hits per queried token
+        self.context = _DecayedRatio(0.0)  # KV tokens held per running request
 
-    def observe(self, s: Signals, dt: float) -> None:
+    def observe(self, s: Signals, dt: float, kv_cache_tokens: int) -> None:
         if dt <= 0:
             return
         keep = 1.0 - halflife_weight(dt, self.halflife_s)
@@ -42,6 +44,9 @@ class RequestMix:
             self.prompt.add(keep, s.prompt_tokens_per_s * dt, s.first_tokens_per_s * dt)
         if s.completion_rate and s.generation_tokens_per_s is not None:
             self.output.add(keep, s.generation_tokens_per_s * dt, s.completion_rate * dt)
+        if s.ready_replicas and s.total_running >= s.ready_replicas:
+            held = s.mean_kv_cache_usage * kv_cache_tokens * s.ready_replicas
+            self.context.add(keep, held * dt, s.total_running * dt)
         if s.prefix_cache_hit_rate is not None and s.prompt_tokens_per_s:
             weight = s.prompt_tokens_per_s * dt
             self.hit.add(keep, s.prefix_cache_hit_rate * weight, weight)
@@ -50,4 +55,4 @@ class RequestMix:
         """Replica-seconds the mean request costs on `engine`."""
         prompt = self.prompt.value
         computed = prompt * (1.0 - min(max(self.hit.value, 0.0), 1.0))
-        return engine.request_seconds(prompt, computed, self.output.value)
+        return engine.request_seconds(prompt, computed, self.output.value, self.context.value)

@@ -66,7 +66,7 @@ class HybridPolicy(Policy):
         """Update the mix and the demand; returns replica-seconds per request."""
         dt = s.time - self._last_time if self._last_time is not None else 0.0
         self._last_time = s.time
-        self.mix.observe(s, dt)
+        self.mix.observe(s, dt, self.params.engine.kv_cache_tokens)
         cost = self.mix.request_seconds(self.params.engine)
         if s.arrival_rate is not None:
             self.demand.add(s.time, s.arrival_rate * cost / self.params.target_utilization, lead_s)
@@ -111,7 +111,7 @@ class HybridPolicy(Policy):
         terms = {"now_replicas": now, "level_replicas": level, "warm_replicas": warm, "ahead_replicas": ahead,
                  "backlog_replicas": backlog, "floor": floor, "lead_time_s": lead_s,
                  "request_seconds": cost, "mean_prompt": self.mix.prompt.value,
-                 "mean_output": self.mix.output.value, "raw": raw}
+                 "mean_output": self.mix.output.value, "kv_context": self.mix.context.value, "raw": raw}
         # A backlog is transient by nature: what it orders is not kept through the stabilization.
         self._needed.add(s.time, self.bounded(math.ceil(want - backlog - 1e-6)))
         current = s.current_replicas

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from qscale.commands import load_cmd, policies_cmd, run_cmd, serve_cmd, simulate_cmd
+from qscale.commands import load_cmd, policies_cmd, run_cmd, scoreboard_cmd, serve_cmd, simulate_cmd
 
 COMMANDS = {
     "policies": (policies_cmd.HELP, policies_cmd.add_arguments, policies_cmd.run),
     "simulate": (simulate_cmd.HELP, simulate_cmd.add_arguments, simulate_cmd.run),
+    "scoreboard": (scoreboard_cmd.HELP, scoreboard_cmd.add_arguments, scoreboard_cmd.run),
     "serve": (serve_cmd.HELP, serve_cmd.add_arguments, serve_cmd.run),
     "load": (load_cmd.HELP, load_cmd.add_arguments, load_cmd.run),
     "run": (run_cmd.HELP, run_cmd.add_arguments, run_cmd.run),

@@ -74,8 +74,9 @@ def workbench(cell: Cell) -> Workbench:
 
     from simulations.work import TraceWork
 
-    # Every policy gets the same ceiling, comfortably above the peak need.
-    peak = peak_replicas(TraceWork(traffic(), profile), 0.7)
+    # Every policy gets the same ceiling, comfortably above the peak need (counted without
+    # prefix-cache hits: the best case the bound assumes is far from what a fleet sees).
+    peak = peak_replicas(TraceWork(traffic(), profile, prefix_caching=False), 0.7)
     ceiling = max(8, int(peak * 1.5) + 2)
     cfg = cfg.model_copy(update={"limits": ScaleLimits(min_replicas=0, max_replicas=ceiling)})
     return Workbench(traffic, cfg, ceiling)

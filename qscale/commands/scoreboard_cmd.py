@@ -1,0 +1,69 @@
+"""`qscale scoreboard`: every policy, at blog defaults and at its best, on a panel of traffic shapes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from qscale.errors import UserError
+
+HELP = "run the policy scoreboard: hybrid and every baseline on a panel of traffic shapes"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--traces", type=Path, default=Path("../shared/traces"),
+                        help="folder with the public traces (default ../shared/traces)")
+    parser.add_argument("--quick", action="store_true", help="small loads, one cold start, 10-minute slices")
+    parser.add_argument("--only", action="append", default=[], metavar="TEXT",
+                        help="run only cells whose name contains TEXT (repeat)")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
+    parser.add_argument("--json", type=Path, default=None, help="write every figure as JSON here")
+    parser.add_argument("--plot", type=Path, default=None, help="write SLO vs GPU-hours per cell (PNG)")
+    parser.add_argument("--cells", action="store_true", help="also print every cell's rows")
+
+
+def _check(args: argparse.Namespace) -> None:
+    if not args.traces.is_dir():
+        raise UserError(f"traces folder not found: {args.traces}")
+    if args.workers is not None and args.workers < 1:
+        raise UserError("--workers must be at least 1")
+    for out in (args.json, args.plot):
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+
+
+def run(args: argparse.Namespace, settings) -> int:
+    from simulations.scoreboard import default_panel, run_panel
+    from simulations.scoreboard.report import (
+        plot,
+        write_cells,
+        write_json,
+        write_shortfalls,
+        write_summary,
+    )
+
+    _check(args)
+    cells = default_panel(args.traces, quick=args.quick)
+    if args.only:
+        cells = [c for c in cells if any(text in c.name for text in args.only)]
+        if not cells:
+            raise UserError(f"no panel cell matches {args.only}")
+    start = time.monotonic()
+
+    def done(result, n: int, total: int) -> None:
+        print(f"[{n:>2}/{total}] {result.cell.name:<28} {result.runs:>3} runs {result.wall_s:6.1f}s "
+              f"({time.monotonic() - start:5.0f}s elapsed)", file=sys.stderr, flush=True)
+
+    results = run_panel(cells, args.workers, on_done=done)
+    write_summary(results, sys.stdout)
+    if args.cells:
+        write_cells(results, sys.stdout)
+    write_shortfalls(results, sys.stdout)
+    if args.json is not None:
+        write_json(results, args.json)
+    if args.plot is not None:
+        plot(results, args.plot)
+    print(f"({len(cells)} cells in {time.monotonic() - start:.0f}s)", file=sys.stderr)
+    return 0
