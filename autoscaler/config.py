@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from autoscaler.local_fleet import LocalFleetConfig
 from policies import ScaleLimits
 from policies.control import OutageRules
+from policies.engine import with_engine
 from qscale.errors import UserError
 
 
@@ -81,8 +82,20 @@ class TargetConfig(BaseModel):
             raise ValueError("metrics: prometheus needs a 'prometheus' section with 'url'")
         from policies import registry
 
+        self.params = with_engine(self.policy, self.params, self._local_engine())
         registry.params(self.policy, **self.params)
         return self
+
+    def _local_engine(self) -> dict[str, Any] | None:
+        """Emulated local replicas run a known profile: policies that model the engine get it."""
+        if self.backend != "local" or self.local is None or self.local.engine != "emulated":
+            return None
+        from simulations.profile import load_profile
+
+        engine = load_profile(self.local.profile).engine()
+        if self.local.max_num_seqs:
+            engine["max_num_seqs"] = self.local.max_num_seqs
+        return engine
 
 
 class AutoscalerConfig(BaseModel):

@@ -12,6 +12,8 @@ gives any profile's values.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -43,3 +45,13 @@ class EngineParams(BaseModel):
         context = max(prompt + output / 2.0, context or 0.0)
         per_token = self.base_s / self.batch(context) + self.decode_seq_s + self.context_token_s * context
         return self.prefill_token_s * computed_prompt + output * per_token
+
+
+def with_engine(policy: str, params: dict[str, Any], engine: dict[str, Any] | None) -> dict[str, Any]:
+    """`params` with `engine` filled in when the policy has that parameter and the user did not
+    set it: the hardware is a fact of the deployment (its performance profile), not a knob."""
+    from policies.registry import registry
+
+    if engine is None or "engine" in params or "engine" not in registry.get(policy).Params.model_fields:
+        return params
+    return {**params, "engine": engine}

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from policies import Policy, registry
+from policies.engine import with_engine
 from qscale.errors import UserError
 from simulations.oracle import OraclePolicy, OracleSearch, initial_replicas
 from simulations.profile import PerformanceProfile
@@ -93,11 +94,8 @@ def parse_sets(items: list[str], policies: list[str]) -> dict[str, dict[str, Any
 
 
 def hardware_defaults(name: str, params: dict[str, Any], profile: PerformanceProfile | None) -> dict[str, Any]:
-    """A policy with an `engine` parameter (a replica's step-time model) gets the simulated
-    profile's unless the user set it: the hardware is a fact of the setup, not a tuning knob."""
-    if profile is None or "engine" in params or "engine" not in registry.get(name).Params.model_fields:
-        return params
-    return {**params, "engine": profile.engine()}
+    """The simulated profile is the fleet's hardware: policies that model it get it."""
+    return with_engine(name, params, profile.engine() if profile is not None else None)
 
 
 def build_policies(names: list[str], sets: dict[str, dict[str, Any]], max_replicas: int,

@@ -31,11 +31,12 @@ def write_config(tmp_path, shadow=False, **overrides) -> tuple:
             params:
               min_replicas: 1
               max_replicas: 4
-              target_concurrency: 4
               default_cold_start_s: 2
+              min_history_s: 0
               scale_down_stabilization_s: 8
               scale_down_period_s: 2
-              level_halflife_s: 3
+              level_window_s: 10
+              trend_window_s: 10
             limits: {{min_replicas: 1, max_replicas: 4}}
             local:
               model_name: demo-model

@@ -27,7 +27,7 @@ def test_each_builds_from_defaults(name):
         ("kpa", {"max_scale_down_rate": 0.5}, "max_scale_down_rate"),
         ("keda", {"polling_interval_s": -1}, "polling_interval_s"),
         ("static", {"replicas": -2}, "replicas"),
-        ("hybrid", {"baseline_quantile": 2}, "baseline_quantile"),
+        ("hybrid", {"burst_quantile": 2}, "burst_quantile"),
         ("hybrid", {"no_such_knob": 1}, "no_such_knob"),
         ("hpa", {"scale_up": {"policies": [{"type": "Pods", "value": 0, "period_s": 15}],
                               "stabilization_window_s": 0}}, "scale_up.policies.0.value"),

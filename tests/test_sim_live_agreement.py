@@ -25,8 +25,9 @@ from simulations.traffic import load_traffic
 from tests.servers import free_port, http_get, qscale_process, wait_http
 
 TRAFFIC = "synthetic:step?low=2&high=14&at=10&until=40&duration=60&seed=5&output_mean=150"
-PARAMS = {"min_replicas": 1, "max_replicas": 5, "target_concurrency": 4, "default_cold_start_s": 2,
-          "scale_down_stabilization_s": 10, "scale_down_period_s": 2, "level_halflife_s": 3}
+PARAMS = {"min_replicas": 1, "max_replicas": 5, "default_cold_start_s": 2, "min_history_s": 0,
+          "scale_down_stabilization_s": 10, "scale_down_period_s": 2, "level_window_s": 10,
+          "trend_window_s": 10}
 SEQS = 4
 COLD = 1.0
 DURATION = 75
