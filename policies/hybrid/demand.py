@@ -36,6 +36,7 @@ class DemandTracker:
         self.level_window_s = level_window_s
         self.trend_window_s = trend_window_s
         self.now = 0.0
+        self._first: float | None = None
         self._last: float | None = None
         self._recent = TimedWindow(max(level_window_s, 3 * trend_window_s))  # (time, now): level, trend
         self._buckets: deque[tuple[float, float, float]] = deque()  # (start, max now, level) per bucket
@@ -45,7 +46,7 @@ class DemandTracker:
 
     def add(self, time: float, replicas: float, lead_s: float) -> None:
         if self._last is None:
-            self.now = replicas
+            self.now, self._first = replicas, time
         elif time > self._last:
             self.now += halflife_weight(time - self._last, self.now_halflife_s) * (replicas - self.now)
         self._last = time
@@ -73,8 +74,8 @@ class DemandTracker:
 
     def _window_medians(self) -> list[float] | None:
         """Lower quartiles of `now` over the last three trend windows, newest first."""
-        if self._last is None:
-            return None
+        if self._last is None or self._first is None or self._last - self._first < 3 * self.trend_window_s:
+            return None  # three whole windows first: a start-up is not a trend
         w = self.trend_window_s
         windows: list[list[float]] = [[], [], []]
         for t, v in self._recent.items():

@@ -36,8 +36,8 @@ class HybridParams(PolicyParams):
     max_replicas: int = 50
     engine: EngineParams = Field(default_factory=EngineParams,
                                  description="a replica's step-time model: the prior for its capacity")
-    target_utilization: float = Field(1.0, gt=0, le=1.5, description="share of a replica's full-batch capacity to plan for")
-    demand_halflife_s: float = Field(5.0, ge=0, description="smoothing of the demand now")
+    target_utilization: float = Field(0.9, gt=0, le=1.5, description="share of a replica's full-batch capacity sustained demand is planned at")
+    demand_halflife_s: float = Field(10.0, ge=0, description="smoothing of the demand now")
     level_window_s: float = Field(300.0, gt=0, description="the demand's level is its median over this window")
     trend_window_s: float = Field(120.0, gt=0, description="the trend compares demand medians of windows this long")
     burst_quantile: float = Field(0.9, ge=0, le=1, description="quantile of past bursts (peak above level within a cold start) kept warm")
@@ -45,7 +45,7 @@ class HybridParams(PolicyParams):
     mix_halflife_s: float = Field(300.0, gt=0, description="smoothing of the learned request sizes")
     prior_prompt_tokens: float = Field(1000.0, gt=0, description="mean prompt until measured")
     prior_output_tokens: float = Field(200.0, gt=0, description="mean output until measured")
-    drain_target_s: float = Field(30.0, gt=0, description="drain a backlog that outlasts a cold start within this")
+    drain_target_s: float = Field(60.0, gt=0, description="a backlog that outlasts a cold start is drained this long after it")
     default_cold_start_s: float = Field(180.0, ge=0)
     cold_start_min_observations: int = Field(3, ge=1)
     cold_start_quantile: float = Field(0.75, ge=0, le=1)

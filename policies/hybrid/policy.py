@@ -5,16 +5,17 @@ desired = max(floor, max(warm, now) + trend x lead + backlog), where (in replica
 
 * **now** is today's demand: arrival rate x replica-seconds per request (from
   the learned request mix and the engine's step-time model, at the largest
-  batch the KV cache allows) / `target_utilization`;
+  batch the KV cache allows) / `target_utilization` (a fleet planned at 100 %
+  of its capacity queues without bound at the first excess);
 * **warm** is the demand's level (a median that bursts do not move) plus the
   `burst_quantile` of how far demand peaked above its level within past
   cold-start-long windows (`policies/hybrid/demand.py`): bursts shorter than
   a cold start can only be absorbed by capacity that is already there;
 * **trend x lead** orders ahead of a slow swell (a trend that bursts and
   steps do not move, only upward);
-* **backlog** is capacity for a queue that today's ready fleet cannot drain
-  within one cold start; a queue it drains sooner is no reason to start a
-  replica that would be ready only after;
+* **backlog** is capacity for the part of a queue that today's ready fleet
+  cannot drain within one cold start; a queue it drains sooner is no reason
+  to start a replica that would be ready only after;
 * **floor** is `min_replicas` and the time-of-day schedule.
 
 Scale-up applies at once. Going down, replicas still starting are cancelled as
@@ -69,7 +70,7 @@ class HybridPolicy(Policy):
         self.mix.observe(s, dt, self.params.engine.kv_cache_tokens)
         cost = self.mix.request_seconds(self.params.engine)
         if s.arrival_rate is not None:
-            self.demand.add(s.time, s.arrival_rate * cost / self.params.target_utilization, lead_s)
+            self.demand.add(s.time, s.arrival_rate * cost, lead_s)
         return cost
 
     # --- the terms ---------------------------------------------------------------------
@@ -80,14 +81,15 @@ class HybridPolicy(Policy):
         return max(p.min_replicas, scheduled)
 
     def backlog(self, s: Signals, cost: float, now: float, lead_s: float) -> float:
-        """Replicas for a queue today's ready fleet cannot drain within one cold start."""
-        queued = s.total_waiting * cost / self.params.target_utilization  # replica-seconds
+        """Replicas for the part of the queue today's ready fleet cannot drain within one cold
+        start; anything ordered now serves only after that, so it drains that part over a cold
+        start plus `drain_target_s` (a bigger order would arrive after the queue is gone)."""
+        queued = s.total_waiting * cost  # replica-seconds of work
         if queued <= 0:
             return 0.0
-        spare = s.ready_replicas - now
-        if spare > 0 and queued / spare <= lead_s:
-            return 0.0  # drained before anything ordered now could help
-        return max(0.0, queued / self.params.drain_target_s - max(spare, 0.0))
+        spare = max(0.0, s.ready_replicas - now)
+        left = queued - spare * lead_s
+        return max(0.0, left) / (lead_s + self.params.drain_target_s)
 
     # --- the decision ------------------------------------------------------------------
 
@@ -99,8 +101,10 @@ class HybridPolicy(Policy):
         lead_s = self.cold_start.estimate()
         # Incomplete readings read low: learn nothing from them.
         cost = self._learn(s, lead_s) if s.complete else self.mix.request_seconds(p.engine)
-        now, level = self.demand.now, self.demand.level
+        level = self.demand.level
         warm = level + self.demand.headroom(p.burst_quantile)
+        # Sustained demand is planned at `target_utilization`; bursts (warm) at full capacity.
+        now = self.demand.now / p.target_utilization
         # What is ordered now is ready one cold start from now; the trend is measured late by
         # about one trend window.
         ahead = max(0.0, self.demand.trend) * (lead_s + p.trend_window_s)
