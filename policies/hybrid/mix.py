@@ -42,7 +42,7 @@ class RequestMix:
         keep = 1.0 - halflife_weight(dt, self.halflife_s)
         if s.first_tokens_per_s and s.prompt_tokens_per_s is not None:
             self.prompt.add(keep, s.prompt_tokens_per_s * dt, s.first_tokens_per_s * dt)
-        if s.completion_rate and s.generation_tokens_per_s is not None:
+        if s.completion_rate and s.generation_tokens_per_s:  # 0 tokens: a source without the counter
             self.output.add(keep, s.generation_tokens_per_s * dt, s.completion_rate * dt)
         if s.ready_replicas and s.total_running >= s.ready_replicas:
             held = s.mean_kv_cache_usage * kv_cache_tokens * s.ready_replicas
