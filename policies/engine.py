@@ -48,10 +48,15 @@ class EngineParams(BaseModel):
 
 
 def with_engine(policy: str, params: dict[str, Any], engine: dict[str, Any] | None) -> dict[str, Any]:
-    """`params` with `engine` filled in when the policy has that parameter and the user did not
-    set it: the hardware is a fact of the deployment (its performance profile), not a knob."""
+    """`params` with `engine` filled in when the policy has that parameter (fields the user set
+    win): the hardware is a fact of the deployment (its performance profile), not a knob."""
     from policies.registry import registry
 
-    if engine is None or "engine" in params or "engine" not in registry.get(policy).Params.model_fields:
+    if engine is None or "engine" not in registry.get(policy).Params.model_fields:
+        return params
+    given = params.get("engine")
+    if isinstance(given, dict):  # the user's fields over the deployment's
+        return {**params, "engine": {**engine, **given}}
+    if given is not None:
         return params
     return {**params, "engine": engine}

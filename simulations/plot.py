@@ -18,7 +18,7 @@ def plot_comparison(results: dict[str, SimResult], path: str | Path, slo_ttft_s:
     except ImportError:
         raise UserError("--plot needs matplotlib: pip install 'qscale[plot]'") from None
 
-    names = list(results)
+    names = [n for n, r in results.items() if r.timeline]  # `bound` is not a run: nothing to draw
     fig, axes = plt.subplots(len(names), 1, figsize=(12, 2.8 * len(names)), sharex=True, squeeze=False)
     for ax, name in zip(axes[:, 0], names, strict=True):
         r = results[name]

@@ -56,3 +56,9 @@ def qscale_process(*args: str, env: dict | None = None):
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+def qscale(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the CLI to completion from the repository root."""
+    return subprocess.run([sys.executable, "-m", "qscale.cli", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
