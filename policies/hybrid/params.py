@@ -42,7 +42,7 @@ class HybridParams(PolicyParams):
     trend_window_s: float = Field(120.0, gt=0, description="the trend compares demand medians of windows this long")
     burst_quantile: float = Field(0.9, ge=0, le=1, description="quantile of past bursts (peak above level within a cold start) kept warm")
     burst_history_s: float = Field(1800.0, gt=0, description="how far back bursts are remembered")
-    mix_halflife_s: float = Field(300.0, gt=0, description="smoothing of the learned request sizes")
+    mix_halflife_s: float = Field(60.0, gt=0, description="smoothing of the learned request sizes")
     prior_prompt_tokens: float = Field(1000.0, gt=0, description="mean prompt until measured")
     prior_output_tokens: float = Field(200.0, gt=0, description="mean output until measured")
     drain_target_s: float = Field(60.0, gt=0, description="a backlog that outlasts a cold start is drained this long after it")

@@ -112,6 +112,10 @@ def _run(bench: Workbench, refs: References, label: str, name: str, params: dict
     return Row.of(label, name, params, result)
 
 
+def _expected_cost(cell: Cell) -> float:
+    return cell.rate_scale * (cell.duration_s or 3600.0) * (8.0 if cell.trace.startswith("synthetic:") else 1.0)
+
+
 def run_panel(cells: list[Cell], workers: int | None = None,
               on_done: Callable[[CellResult, int, int], None] | None = None, **kw: Any) -> list[CellResult]:
     """Every cell, in parallel processes (one per core by default); results in panel order."""
@@ -123,8 +127,10 @@ def run_panel(cells: list[Cell], workers: int | None = None,
             if on_done:
                 on_done(results[i], len(results), len(cells))
         return [results[i] for i in range(len(cells))]
+    # Longest first (about requests x searches), so no long cell starts last on an idle pool.
+    order = sorted(range(len(cells)), key=lambda i: -_expected_cost(cells[i]))
     with ProcessPoolExecutor(workers) as pool:
-        futures = {pool.submit(run_cell, cell, **kw): i for i, cell in enumerate(cells)}
+        futures = {pool.submit(run_cell, cells[i], **kw): i for i in order}
         for fut in as_completed(futures):
             results[futures[fut]] = fut.result()
             if on_done:
