@@ -55,7 +55,7 @@ def shapes(traces: Path) -> list[Shape]:
         Shape("mmpp-bursts", "synthetic:mmpp?low=20&high=80&mean_low_s=240&mean_high_s=45&duration=1800&seed=3",
               1, 5.5, None, None, what="x4 bursts of 45 s on average, shorter than a cold start"),
         Shape("diurnal-swell", "synthetic:diurnal?rate=50&amplitude=0.6&period_s=2400&phase_s=-600&duration=2400",
-              1, 5.5, None, None, what="one slow swell over 40 minutes, 0.4x to 1.6x the mean rate"),
+              1, 4.5, None, None, what="one slow swell over 40 minutes, 0.4x to 1.6x the mean rate"),
         Shape("step", "synthetic:step?low=15&high=60&at=800&until=1400&duration=1800",
               1, 6, None, None, what="a sustained x4 step up after 800 s, down 10 minutes later"),
         Shape("heavy-tail", "synthetic:poisson?rate=45&output_sigma=1.6&output_max=4000&duration=1800",

@@ -87,7 +87,13 @@ def hybrid_params(cell: Cell) -> dict[str, Any]:
     return {}
 
 
-def run_cell(cell: Cell, oracle_steps: int = 4, search_steps: int = 4) -> CellResult:
+def in_flight_per_replica(r: SimResult, replicas: int) -> float:
+    """Mean requests in flight per replica over a run's timeline."""
+    rows = [row.waiting + row.running for row in r.timeline]
+    return sum(rows) / len(rows) / max(replicas, 1) if rows else 1.0
+
+
+def run_cell(cell: Cell, oracle_steps: int = 4, search_steps: int = 3) -> CellResult:
     start = time.monotonic()
     bench = workbench(cell)
     refs = bench.references(SLO_TARGET, OracleSearch(steps=oracle_steps))
@@ -97,7 +103,8 @@ def run_cell(cell: Cell, oracle_steps: int = 4, search_steps: int = 4) -> CellRe
     for name, params in BLOG.items():
         rows.append(_run(bench, refs, f"{name} (blog)", name, params))
     for name, space in SPACES.items():
-        found = best_config(lambda p, n=name: bench.run(bench.create(n, p), n), space, SLO_TARGET, search_steps)
+        found = best_config(lambda p, n=name: bench.run(bench.create(n, p), n), space, SLO_TARGET, search_steps,
+                            in_flight_per_replica(refs.static_best, refs.static_best_replicas))
         refs.annotate(found.result)
         rows.append(Row.of(f"{name} (best)", name, found.params, found.result))
         tried[name] = found.tried
