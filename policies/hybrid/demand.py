@@ -23,6 +23,7 @@ from collections import deque
 from policies.windows import TimedWindow, halflife_weight
 
 BUCKET_S = 10.0
+TREND_WINDOWS = 4  # a step's ramp moves two consecutive changes at most; a swell moves all three
 
 
 def _lower_quartile(values: list[float]) -> float:
@@ -38,7 +39,7 @@ class DemandTracker:
         self.now = 0.0
         self._first: float | None = None
         self._last: float | None = None
-        self._recent = TimedWindow(max(level_window_s, 3 * trend_window_s))  # (time, now): level, trend
+        self._recent = TimedWindow(max(level_window_s, TREND_WINDOWS * trend_window_s))  # level, trend
         self._buckets: deque[tuple[float, float, float]] = deque()  # (start, max now, level) per bucket
         self._bucket: tuple[float, float] | None = None  # the open bucket: start, max now
         self.excess = TimedWindow(history_s)
@@ -72,15 +73,15 @@ class DemandTracker:
             self.excess.add(time, max(0.0, peak - max(level_before, self.level)))
             self._buckets.popleft()
 
-    def _window_medians(self) -> list[float] | None:
-        """Lower quartiles of `now` over the last three trend windows, newest first."""
-        if self._last is None or self._first is None or self._last - self._first < 3 * self.trend_window_s:
-            return None  # three whole windows first: a start-up is not a trend
-        w = self.trend_window_s
-        windows: list[list[float]] = [[], [], []]
+    def _window_quartiles(self) -> list[float] | None:
+        """Lower quartiles of `now` over the last `TREND_WINDOWS` trend windows, newest first."""
+        w, n = self.trend_window_s, TREND_WINDOWS
+        if self._last is None or self._first is None or self._last - self._first < n * w:
+            return None  # whole windows first: a start-up is not a trend
+        windows: list[list[float]] = [[] for _ in range(n)]
         for t, v in self._recent.items():
             k = int((self._last - t) // w)
-            if 0 <= k < 3:
+            if 0 <= k < n:
                 windows[k].append(v)
         return [_lower_quartile(x) for x in windows] if all(windows) else None
 
@@ -94,11 +95,12 @@ class DemandTracker:
 
     @property
     def trend(self) -> float:
-        """Replicas per second: the smaller of the last two window-median changes (0 if they disagree)."""
-        m = self._window_medians()
-        if m is None:
+        """Replicas per second: the smallest change between consecutive window quartiles, if all
+        changes agree in sign (0 otherwise)."""
+        q = self._window_quartiles()
+        if q is None:
             return 0.0
-        rises = (m[0] - m[1], m[1] - m[2])
+        rises = [newer - older for newer, older in zip(q, q[1:], strict=False)]
         if min(rises) <= 0 <= max(rises):
             return 0.0
         return min(rises, key=abs) / self.trend_window_s

@@ -55,7 +55,7 @@ class HybridParams(PolicyParams):
         None, ge=0, description="ready replicas are kept this long after they were last needed (None: one cold start)")
     min_history_s: float = Field(
         600.0, ge=0, description="no ready replica is released before demand was watched this long")
-    scale_down_percent: float = Field(10.0, gt=0, le=100, description="most of the fleet removed per period")
+    scale_down_percent: float = Field(25.0, gt=0, le=100, description="most of the fleet removed per period")
     scale_down_period_s: float = Field(30.0, gt=0)
     cancel_starting_after_s: float = Field(20.0, ge=0, description="a starting replica no longer needed this long is cancelled")
 
