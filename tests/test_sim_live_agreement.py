@@ -82,7 +82,8 @@ def sim_timeline() -> list[int]:
     cfg = SimConfig(profile=profile, cold_start=ColdStartModel.fixed_total(COLD + 0.5), tick_s=1.0,
                     timeline_interval_s=1.0, warmup_s=0, initial_replicas=1,
                     limits=ScaleLimits(min_replicas=1, max_replicas=5), max_drain_s=DURATION)
-    r = simulate(capped(), registry.create("hybrid", **PARAMS), cfg)
+    # The live config fills `engine` from the local profile and max_num_seqs; so does this.
+    r = simulate(capped(), registry.create("hybrid", engine=profile.engine(), **PARAMS), cfg)
     by_second = {int(row.t): row.desired for row in r.timeline}
     out, last = [], 1
     for s in range(DURATION):
