@@ -56,6 +56,15 @@ class LastDecision:
     error: str | None = None
 
 
+def _rejected(readings: tuple[str, ...]) -> dict[str, str]:
+    """`name: field=value` readings the builder refused, as scrape errors (one clear line each)."""
+    out: dict[str, str] = {}
+    for item in readings:
+        name, _, why = item.partition(": ")
+        out[name] = f"rejected reading: {why}"
+    return out
+
+
 class TargetLoop:
     def __init__(self, name: str, policy: Policy, limits: ScaleLimits, outage: OutageRules,
                  discovery: Discovery, source: MetricSource, scaler: Scaler, telemetry: Telemetry,
@@ -118,7 +127,8 @@ class TargetLoop:
                 "generation_tokens_per_s": s.generation_tokens_per_s, "prefix_cache_hit_rate": s.prefix_cache_hit_rate,
                 "queue_wait_s": s.mean_queue_wait_s, "complete": s.complete,
             },
-            missing=list(s.missing), scrape_errors=dict(errors), stuck_pending=stuck, error=error,
+            missing=list(s.missing), scrape_errors={**dict(errors), **_rejected(s.rejected_readings)},
+            stuck_pending=stuck, error=error,
         )
 
     def _log(self, d: LastDecision, direction: str) -> None:

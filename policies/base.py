@@ -18,7 +18,7 @@ from policies.signals import Signals
 class PolicyParams(BaseModel):
     """Base for every policy's parameters: unknown fields are errors, values are checked."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     min_replicas: int = 0
     max_replicas: int = 100

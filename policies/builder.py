@@ -13,7 +13,8 @@ server (`waiting + running`). So per replica, over one interval,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 from policies.signals import ReplicaSample, ReplicaState, Signals
 
@@ -83,6 +84,19 @@ class _Rates:
             self.has_preemptions = True
 
 
+_NUMBERS = ("waiting", "running", "kv_cache_usage", "requests_finished", "generation_tokens", "prompt_tokens",
+            "preemptions", "ttft_sum", "ttft_count", "prefix_queries", "prefix_hits", "queue_sum", "queue_count")
+
+
+def absurd(r: ReplicaReading) -> str | None:
+    """Why a reading cannot be trusted (a non-finite or negative number), or None."""
+    for name in _NUMBERS:
+        v = getattr(r, name)
+        if v is not None and not (math.isfinite(v) and v >= 0):
+            return f"{name}={v}"
+    return None
+
+
 class SignalsBuilder:
     """Turns per-replica readings into `Signals`, remembering counters between calls."""
 
@@ -111,7 +125,13 @@ class SignalsBuilder:
         rate_dt: float | None = None
         seen: set[str] = set()
 
+        rejected: list[str] = []
         for r in readings:
+            why = absurd(r) if r.scraped else None
+            if why is not None:
+                # NaN, Inf or a negative count never enters: the replica reads as unreadable.
+                rejected.append(f"{r.name}: {why}")
+                r = replace(r, scraped=False)
             seen.add(r.name)
             if r.state is ReplicaState.READY:
                 ready += 1
@@ -193,6 +213,9 @@ class SignalsBuilder:
                 )
             )
 
+        if not (math.isfinite(router_waiting) and router_waiting >= 0):
+            rejected.append(f"router: waiting={router_waiting}")
+            router_waiting = self._router_waiting or 0.0
         # Requests held at the router arrived too, though no replica has seen them yet.
         if rate_dt is not None and self._router_waiting is not None:
             arrivals += router_waiting - self._router_waiting
@@ -218,6 +241,7 @@ class SignalsBuilder:
             completion_rate=finished / rate_dt if rate_dt else None,
             complete=not missing,
             missing=tuple(missing),
+            rejected_readings=tuple(rejected),
             data_age_s=data_age_s,
             generation_tokens_per_s=tokens / rate_dt if rate_dt else None,
             prefix_cache_hit_rate=hits / queries if queries else None,

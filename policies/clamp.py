@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 class ScaleLimits(BaseModel):
     """Per-target guard rails, independent of the policy."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     min_replicas: int = Field(0, ge=0)
     max_replicas: int = Field(100, ge=1)
     max_scale_up_step: int | None = Field(None, ge=1, description="most replicas added per tick")

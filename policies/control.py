@@ -27,7 +27,7 @@ class OutageRules(BaseModel):
     (like KEDA's fallback), if set.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     hold_on_incomplete: bool = True
     fallback_after_s: float | None = Field(None, gt=0)
     fallback_replicas: int | None = Field(None, ge=0)

@@ -68,6 +68,7 @@ class Signals:
     completion_rate: float | None  # requests/s finishing, None until two samples exist
     complete: bool  # every non-draining replica was read this tick
     missing: tuple[str, ...] = ()
+    rejected_readings: tuple[str, ...] = ()  # "name: field=value" for NaN, Inf or negative readings
     data_age_s: float = 0.0  # how old the readings are (scrape lag)
     generation_tokens_per_s: float | None = None
     prefix_cache_hit_rate: float | None = None

@@ -12,7 +12,7 @@ from typing import Any
 from policies import Policy, registry
 from policies.engine import with_engine
 from qscale.errors import UserError
-from simulations.oracle import OraclePolicy, OracleSearch, initial_replicas
+from simulations.oracle import OracleParams, OraclePolicy, OracleSearch, initial_replicas
 from simulations.profile import PerformanceProfile
 from simulations.references import BOUND, NAMES, ORACLE, STATIC_BEST, References, find_references
 from simulations.runner import SimConfig, SimResult, simulate
@@ -170,9 +170,9 @@ class Workbench:
 
 
     def _run_oracle(self, utilization: float) -> SimResult:
-        oracle = OraclePolicy(self.work, self.lead_s, utilization)
+        oracle = OraclePolicy(self.work, self.lead_s, utilization, OracleParams(max_replicas=self.ceiling))
         first = oracle.need[: int((self.cfg.warmup_s + self.lead_s) // self.work.bucket_s) + 2]
-        return self.run(oracle, ORACLE, False, int(first.max(initial=0)))
+        return self.run(oracle, ORACLE, False, min(self.ceiling, int(first.max(initial=0))))
 
 
 def compare(
@@ -199,6 +199,10 @@ def compare(
     if writer is not None:
         bench.on_request = writer.for_policy
     refs = bench.references(slo_target, oracle_search)
+    if warn is not None and not refs.static_best.meets(slo_target):
+        warn(f"warning: no fleet up to --max-replicas {max_replicas} meets the SLO target {slo_target:.2%} "
+             f"(static-best reached {refs.static_best.served_slo_attainment:.2%} of servable requests): "
+             f"every ratio is against a reference that misses it; raise --max-replicas or lower --slo-target")
     results: dict[str, SimResult] = {}
     for name in policies:
         if name in NAMES:

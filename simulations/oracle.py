@@ -8,9 +8,9 @@ has passed. A bucket needs ceil(work / (bucket x utilization)) replicas.
 How the cheapest schedule is found (`search_oracle`): the utilization is
 searched, not picked from a grid. Starting at 1.0 it doubles or halves until
 it brackets the target SLO attainment, then bisects (`OracleSearch.steps`
-runs) to the highest utilization whose run still meets the target; the
-utilization is not capped at 1.0 (the work estimate is approximate, so the
-true break-even can lie above it). The result is the cheapest schedule found,
+runs) towards the highest utilization whose run still meets the target, and
+keeps the cheapest run that met it; the utilization is not capped at 1.0 (the
+work estimate is approximate, so the true break-even can lie above it). The result is the cheapest schedule found,
 not a proof of optimality: another schedule shape could do better, and
 `bound` (`simulations/work.py`) is the figure nothing can beat.
 """
@@ -28,7 +28,7 @@ from simulations.work import TraceWork
 
 class OracleParams(PolicyParams):
     min_replicas: int = 0
-    max_replicas: int = 1000
+    max_replicas: int = 100_000
 
 
 class OraclePolicy(Policy):
@@ -69,6 +69,7 @@ def search_oracle(
     slo_target: float,
     attainment: Callable[[object], float],
     search: OracleSearch | None = None,
+    gpu_hours: Callable[[object], float] = lambda r: getattr(r, "gpu_hours", 0.0),
 ) -> tuple[object, float]:
     """Highest utilization whose run meets `slo_target`: (that run, utilization).
 
@@ -87,15 +88,17 @@ def search_oracle(
     if lo is None:  # even the lowest utilization misses: the best attainment seen
         best = max(runs, key=lambda k: attainment(runs[k]))
         return runs[best], best
-    if hi is None:  # even the highest meets the target
-        return runs[lo], lo
-    for _ in range(s.steps):
-        mid = (lo * hi) ** 0.5
-        if meets(mid):
-            lo = mid
-        else:
-            hi = mid
-    return runs[lo], lo
+    if hi is not None:
+        for _ in range(s.steps):
+            mid = (lo * hi) ** 0.5
+            if meets(mid):
+                lo = mid
+            else:
+                hi = mid
+    # Attainment is not strictly monotone in utilization: keep the cheapest run that met it.
+    passing = [u for u in runs if attainment(runs[u]) >= slo_target]
+    cheapest = min(passing, key=lambda u: (gpu_hours(runs[u]), -u))
+    return runs[cheapest], cheapest
 
 
 def _bracket(meets: Callable[[float], bool], s: OracleSearch) -> tuple[float | None, float | None]:

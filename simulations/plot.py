@@ -19,6 +19,8 @@ def plot_comparison(results: dict[str, SimResult], path: str | Path, slo_ttft_s:
         raise UserError("--plot needs matplotlib: pip install 'qscale[plot]'") from None
 
     names = [n for n, r in results.items() if r.timeline]  # `bound` is not a run: nothing to draw
+    if not names:
+        raise UserError("--plot: nothing to draw (bound is not a simulated run)")
     fig, axes = plt.subplots(len(names), 1, figsize=(12, 2.8 * len(names)), sharex=True, squeeze=False)
     for ax, name in zip(axes[:, 0], names, strict=True):
         r = results[name]

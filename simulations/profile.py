@@ -22,13 +22,13 @@ from importlib import resources
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from qscale.errors import UserError
 
 
 class PerformanceProfile(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str
     model: str = ""
@@ -42,6 +42,15 @@ class PerformanceProfile(BaseModel):
     max_num_seqs: int = Field(256, gt=0)
     max_num_batched_tokens: int = Field(8192, gt=0)
     max_model_len: int = Field(8192, gt=0)
+
+    @model_validator(mode="after")
+    def _kv_holds_one_full_request(self) -> PerformanceProfile:
+        # vLLM refuses to start when the KV cache cannot hold one max_model_len request
+        # (the engine core's KV-cache check); a simulated one would stall on such a prompt.
+        if self.kv_capacity_tokens < self.max_model_len:
+            raise ValueError(f"num_gpu_blocks x block_size = {self.kv_capacity_tokens} tokens cannot hold "
+                             f"one max_model_len ({self.max_model_len}) request")
+        return self
 
     @property
     def kv_capacity_tokens(self) -> int:

@@ -50,7 +50,7 @@ def bound_result(work: TraceWork, cfg: SimConfig) -> SimResult:
     hours = work.bound_gpu_hours()
     return SimResult(
         policy=BOUND, requests=t.requests, completed=t.served, dropped=0, rejected=t.rejected,
-        slo_attainment=t.served / t.requests if t.requests else 1.0,
+        slo_attainment=t.served / t.requests if t.requests else 1.0, served_slo_attainment=1.0,
         ttft_p50_s=None, ttft_p90_s=None, ttft_p99_s=None, itl_p50_s=None, e2e_p50_s=None,
         e2e_p99_s=None, queue_p99_s=None, gpu_hours=hours, ready_hours=hours,
         cost=hours * cfg.gpu_hour_price, scale_events=0, flaps=0, replica_starts=0,
@@ -68,7 +68,7 @@ def search_static(run: RunStatic, work: TraceWork, ceiling: int, slo_target: flo
     def meets(n: int) -> bool:
         if n not in runs:
             runs[n] = run(n)
-        return runs[n].slo_attainment >= slo_target
+        return runs[n].meets(slo_target)
 
     hi = min(ceiling, peak_replicas(work))
     while not meets(hi):
@@ -92,7 +92,7 @@ def find_references(work: TraceWork, cfg: SimConfig, run_static: RunStatic, run_
     bound = bound_result(work, cfg)
     static, replicas = search_static(run_static, work, ceiling, slo_target)
     static.policy = STATIC_BEST
-    scheduled, utilization = search_oracle(run_oracle, slo_target, lambda r: r.slo_attainment, search)
+    scheduled, utilization = search_oracle(run_oracle, slo_target, lambda r: r.served_slo_attainment, search)
     assert isinstance(scheduled, SimResult)
     if _better(static, scheduled, slo_target):
         oracle, utilization = _relabel(static, ORACLE), None
@@ -107,11 +107,11 @@ def find_references(work: TraceWork, cfg: SimConfig, run_static: RunStatic, run_
 
 def _better(a: SimResult, b: SimResult, target: float) -> bool:
     """Is `a` the better reference: meets the target where `b` does not, or as good and cheaper."""
-    a_ok, b_ok = a.slo_attainment >= target, b.slo_attainment >= target
+    a_ok, b_ok = a.meets(target), b.meets(target)
     if a_ok != b_ok:
         return a_ok
     if not a_ok:
-        return a.slo_attainment > b.slo_attainment
+        return a.served_slo_attainment > b.served_slo_attainment
     return a.gpu_hours < b.gpu_hours
 
 

@@ -126,3 +126,10 @@ class RequestStats:
     def slo_attainment(self) -> float:
         """Share of all arrived requests whose first token came within the SLO."""
         return self.slo_met / self.arrived if self.arrived else 1.0
+
+    @property
+    def served_slo_attainment(self) -> float:
+        """The same share among requests the profile can serve at all (rejected ones left out):
+        what a fleet size can change, so what reference points are searched on."""
+        servable = self.arrived - self.rejected
+        return self.slo_met / servable if servable else 1.0

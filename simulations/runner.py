@@ -63,6 +63,7 @@ class SimResult:
     dropped: int
     rejected: int
     slo_attainment: float
+    served_slo_attainment: float  # among requests that are not rejected (what sizing can change)
     ttft_p50_s: float | None
     ttft_p90_s: float | None
     ttft_p99_s: float | None
@@ -82,6 +83,10 @@ class SimResult:
     oracle_gpu_hours: float | None = None
     bound_gpu_hours: float | None = None
     static_best_gpu_hours: float | None = None
+
+    def meets(self, slo_target: float) -> bool:
+        """Does this run meet the target among the requests any fleet could serve?"""
+        return self.served_slo_attainment >= slo_target
 
     def ratio(self, denominator: float | None) -> float | None:
         """GPU-hours as a multiple of a reference's (None when there is none)."""
@@ -225,6 +230,7 @@ def simulate(
         dropped=stats.dropped,
         rejected=stats.rejected,
         slo_attainment=stats.slo_attainment,
+        served_slo_attainment=stats.served_slo_attainment,
         ttft_p50_s=stats.ttft.quantile(0.5),
         ttft_p90_s=stats.ttft.quantile(0.9),
         ttft_p99_s=stats.ttft.quantile(0.99),

@@ -48,6 +48,16 @@ def test_set_reaches_the_policy(tmp_path):
         (["--trace", "synthetic:poisson", "--policy", "hpa", "--set", "kpa.target=3"], "not among --policy"),
         (["--trace", "synthetic:poisson", "--policy", "hpa", "--profile", "tpu-v9"], "unknown profile"),
         (["--trace", "synthetic:poisson", "--policy", "hpa", "--rate-scale", "abc"], "invalid float value"),
+        (["--trace", "synthetic:poisson?duration=60", "--policy", "hpa", "--rate-scale", "inf"], "--rate-scale must be a finite number"),
+        (["--trace", "synthetic:poisson?duration=60", "--policy", "hpa", "--cold-start", "nan"], "--cold-start must be a finite number"),
+        (["--trace", "synthetic:poisson?duration=60", "--policy", "hpa", "--slo-target", "2"], "--slo-target must be in (0, 1]"),
+        (["--trace", "synthetic:poisson?duration=60", "--policy", "hpa", "--gpu-hour-price", "-1"], "--gpu-hour-price must not be negative"),
+        (["--trace", "synthetic:poisson?duration=60", "--policy", "hpa", "--seed", "-1"], "--seed must not be negative"),
+        (["--trace", "synthetic:poisson?duration=60", "--policy", "hpa", "--plot", "x.txt"], "--plot writes a PNG"),
+        (["--trace", "synthetic:poisson?rate=nan", "--policy", "hpa"], "rate must be a finite number"),
+        (["--trace", "synthetic:poisson?duration=60", "--policy", "hpa", "--set", "hpa.tolerance=.nan"], "hpa: tolerance"),
+        (["--trace", "synthetic:poisson?duration=60", "--policy", "bound", "--plot", "/tmp/qscale-b.png"],
+         "nothing to draw"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message):

@@ -3,6 +3,8 @@ the simulator's real replica model (not a fluid model that shares the policy's a
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from policies import PolicyConfigError, ReplicaReading, ReplicaState, registry
@@ -53,14 +55,18 @@ def _feed_steady(p, rate: float, prompt: float, output: float, seconds: int = 30
 
 def test_sizes_in_work_not_in_requests():
     # Same request rate, ten times the prompt: the engine model says how much more work that is.
-    e = EngineParams()
     short = _feed_steady(hybrid(), rate=40, prompt=1000, output=200)
     long = _feed_steady(hybrid(), rate=40, prompt=10_000, output=200)
     assert short.terms["mean_prompt"] == pytest.approx(1000, rel=1e-6)
     assert long.terms["mean_prompt"] == pytest.approx(10_000, rel=1e-6)
-    # 40 req/s x replica-seconds per request, planned at the default 90 % of a replica.
-    expected_short = 40 * e.request_seconds(1000, 1000, 200) / 0.9
-    expected_long = 40 * e.request_seconds(10_000, 10_000, 200) / 0.9
+    # By hand, H100 profile: a 1,000-token prompt is 1000 x 32 us of prefill; each of 200 decode
+    # tokens costs 6.3 ms / 256 (a full batch) + 70 us + 39 ns x 1,100 context tokens.
+    short_s = 1000 * 32e-6 + 200 * (0.0063 / 256 + 70e-6 + 39e-9 * 1100)
+    # 10,000-token prompts: 10,100 context tokens each, so the KV cache (400k tokens, 90 % used)
+    # holds only 35.6 of them: each decode step's 6.3 ms is shared by 35.6, not 256.
+    long_s = 10_000 * 32e-6 + 200 * (0.0063 / (360_000 / 10_100) + 70e-6 + 39e-9 * 10_100)
+    # 40 req/s of that work, planned at the default 90 % of a replica.
+    expected_short, expected_long = 40 * short_s / 0.9, 40 * long_s / 0.9
     assert short.terms["now_replicas"] == pytest.approx(expected_short, rel=0.05)
     assert long.terms["now_replicas"] == pytest.approx(expected_long, rel=0.05)
     assert long.desired_replicas > 2 * short.desired_replicas
@@ -190,3 +196,23 @@ def test_long_context_traffic_is_sized_by_its_work():
                  on_request=record)
     assert max(row.ready for row in r.timeline) >= 3
     assert sum(late) / len(late) >= 0.99
+
+
+def test_a_nan_reading_does_not_blind_it():
+    # One replica reports NaN waiting once; later the traffic triples. The NaN never reaches the
+    # policy (the builder refuses it), so the fleet still follows the traffic.
+    p, feed = hybrid(min_history_s=0), Feed()
+    fin, out = 0.0, []
+    for t in range(0, 900, 2):
+        rate = 30.0 if t < 600 else 90.0
+        fin += rate * 2 / 4
+        rs = [ready(f"r{i}", 0, 10, finished=fin, prompt_tokens=fin * 1000, generation_tokens=fin * 200,
+                    ttft_count=fin) for i in range(4)]
+        if t == 100:
+            rs[0] = ReplicaReading("r0", ReplicaState.READY, 0.0, waiting=float("nan"), running=10,
+                                   requests_finished=fin)
+        d = p.decide(feed(t, rs, current=4))
+        assert all(math.isfinite(v) for v in d.terms.values()), d.terms
+        out.append(d.desired_replicas)
+    # 90 req/s x ~60 ms per request (1,000 + 200 tokens on an H100) is over 5 replicas of work.
+    assert out[-1] >= 6

@@ -9,6 +9,7 @@ import pytest
 from policies import registry
 from simulations.coldstart import ColdStartModel
 from simulations.compare import Workbench, compare
+from simulations.oracle import OraclePolicy
 from simulations.profile import load_profile
 from simulations.runner import SimConfig, simulate
 from simulations.traffic import TraceChunk, load_traffic
@@ -97,22 +98,28 @@ def test_static_best_is_the_smallest_fleet_that_meets_the_target():
     bench = Workbench(mmpp, cfg(), ceiling=30)
     refs = bench.references(0.99)
     n = refs.static_best_replicas
-    assert refs.static_best.slo_attainment >= 0.99
+    assert n >= 2 and refs.static_best.slo_attainment >= 0.99
     # Checked independently of the search: one replica fewer, always there, misses it.
     fewer = bench.run(registry.create("static", replicas=n - 1), "static", initial=n - 1)
     assert fewer.slo_attainment < 0.99
-    assert refs.bound.gpu_hours <= refs.oracle.gpu_hours <= refs.static_best.gpu_hours
+    assert refs.bound.gpu_hours <= refs.oracle.gpu_hours
     assert refs.oracle.slo_attainment >= 0.99
 
 
 def test_the_oracle_is_searched_finely_not_on_a_grid():
-    c = compare(lambda: load_traffic("synthetic:step?low=5&high=60&duration=1200&at=400&until=800"),
-                ["oracle", "static-best", "bound"], cfg(cold=120), max_replicas=30)
-    u = c.oracle_utilization
-    assert u is None or round(u, 1) != u  # bisected, not a 0.1 grid point
-    assert c.results["oracle"].gpu_hours < c.results["static-best"].gpu_hours
-    for r in c.results.values():
-        assert r.bound_gpu_hours == c.results["bound"].gpu_hours
+    def step():
+        return load_traffic("synthetic:step?low=5&high=60&duration=1200&at=400&until=800")
+
+    bench = Workbench(step, cfg(cold=120), ceiling=30)
+    refs = bench.references(0.99)
+    u = refs.oracle_utilization
+    assert u is not None, "on a step the clairvoyant schedule beats a constant fleet"
+    assert refs.oracle.slo_attainment >= 0.99
+    assert refs.oracle.gpu_hours < refs.static_best.gpu_hours
+    # Found near its break-even: 15 % more utilization (fewer replicas) misses the target or
+    # is no cheaper. A 0.1 grid (the old search) leaves up to 30 % on the table.
+    tighter = bench.run(OraclePolicy(bench.work, bench.lead_s, u * 1.15), "oracle", initial=30)
+    assert tighter.slo_attainment < 0.99 or tighter.gpu_hours >= refs.oracle.gpu_hours * 0.97
 
 
 # --- requests that cannot be served ----------------------------------------------------------

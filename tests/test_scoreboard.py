@@ -26,11 +26,10 @@ def test_one_cell_end_to_end(tmp_path):
     for r in rows.values():
         assert r["x_bound"] >= 1.0 - 1e-9, r  # nothing goes below the bound
     assert rows["static-best"]["slo_attainment"] >= 0.99
-    assert rows["oracle"]["gpu_hours"] <= rows["static-best"]["gpu_hours"]
     # A baseline at its best is never worse than its blog configuration on both axes.
     for name in ("hpa", "keda", "kpa"):
         blog, best = rows[f"{name} (blog)"], rows[f"{name} (best)"]
-        assert best["slo_attainment"] >= min(blog["slo_attainment"], 0.99) or best["gpu_hours"] < blog["gpu_hours"]
+        assert best["slo_attainment"] >= 0.99 or best["slo_attainment"] >= blog["slo_attainment"]
         assert best["params"], "the best configuration says what it is"
     assert {s["label"] for s in data["summary"]} == LABELS
 

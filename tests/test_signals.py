@@ -46,3 +46,18 @@ def test_ttft_and_prefix_hit_rate_from_deltas():
     assert s.mean_ttft_s == 1.0
     assert s.prefix_cache_hit_rate == 0.9
     assert s.generation_tokens_per_s == 100.0
+
+
+def test_nan_inf_and_negative_readings_never_enter():
+    b = SignalsBuilder()
+    b.build(0.0, [ready("a", 1, 2, finished=10), ready("b", 1, 2, finished=10)], 2)
+    for bad in ({"waiting": float("nan")}, {"running": float("inf")}, {"requests_finished": -5.0},
+                {"kv_cache_usage": float("-inf")}):
+        s = b.build(2.0, [ready("a", 1, 2, finished=12), ReplicaReading("b", READY, 0.0, **{
+            "waiting": 1, "running": 2, "requests_finished": 12, **bad})], 2)
+        field = next(iter(bad))
+        assert s.missing == ("b",) and not s.complete
+        assert s.rejected_readings and s.rejected_readings[0].startswith(f"b: {field}=")
+        assert (s.total_waiting, s.total_running) == (1, 2)  # only the sane replica counts
+    s = b.build(4.0, [ready("a", 1, 2, finished=14), ready("b", 1, 2, finished=14)], 2)
+    assert s.complete and s.rejected_readings == ()

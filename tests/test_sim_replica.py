@@ -56,7 +56,7 @@ def test_max_num_seqs_bounds_the_batch():
 
 def test_kv_exhaustion_preempts_and_everything_still_finishes():
     # 64 blocks x 16 = 1024 tokens of KV: four requests of 200 + 300 cannot all decode.
-    p = tiny_profile(num_gpu_blocks=64, max_num_seqs=8)
+    p = tiny_profile(num_gpu_blocks=64, max_num_seqs=8, max_model_len=1024)
     loop, rep, rec = one_replica(p)
     for i in range(4):
         loop.at(0.0, rep.submit, Request(i, 0.0, 200, 300))
@@ -68,7 +68,7 @@ def test_kv_exhaustion_preempts_and_everything_still_finishes():
 
 
 def test_admission_waits_while_the_cache_is_full():
-    p = tiny_profile(num_gpu_blocks=64, max_num_seqs=8)  # 1024 tokens
+    p = tiny_profile(num_gpu_blocks=64, max_num_seqs=8, max_model_len=1024)  # 1024 tokens
     loop, rep, rec = one_replica(p)
     loop.at(0.0, rep.submit, Request(0, 0.0, 900, 50))
     loop.at(0.0, rep.submit, Request(1, 0.0, 500, 5))

@@ -1,13 +1,14 @@
 """Demand in replicas: now, its typical level and trend, and the bursts it has shown.
 
-* `now`: the arrival rate times the work per request, over the capacity a
-  replica is planned at, smoothed with a short half-life;
+* `now`: the arrival rate times the replica-seconds per request, smoothed
+  with a short half-life;
 * `level`: the lower quartile of `now` over the last `level_window_s` (the
   base under the bursts: bursts filling less than 3/4 of the window do not
   move it);
-* `trend`: the smaller of the last two changes between the medians of
-  consecutive `trend_window_s` windows: a swell moves every window's median alike, a burst
-  moves none, a step moves only one of the two changes;
+* `trend`: the smallest of the last three changes between the lower
+  quartiles of consecutive `trend_window_s` windows, if all three agree: a
+  swell moves every window's quartile alike, a burst moves none, a step (and
+  the smoothing's ramp after it) moves at most two of the changes;
 * `excess`: for each past cold-start-long window, how far demand peaked above
   the level around it, judged in hindsight (the larger of the level before
   the window and the level over the level window after it): a burst that came and went counts in
@@ -46,9 +47,11 @@ class DemandTracker:
         self._range = TimedWindow(history_s)  # every bucket's max, until excesses exist
 
     def add(self, time: float, replicas: float, lead_s: float) -> None:
+        if self._last is not None and time <= self._last:
+            return  # a clock that stepped back (or a repeated sample) teaches nothing
         if self._last is None:
             self.now, self._first = replicas, time
-        elif time > self._last:
+        else:
             self.now += halflife_weight(time - self._last, self.now_halflife_s) * (replicas - self.now)
         self._last = time
         self._recent.add(time, self.now)
@@ -65,7 +68,7 @@ class DemandTracker:
 
     def _finalize(self, time: float, lead_s: float) -> None:
         """Judge every window that ended a level window ago: its peak above the levels around it
-        (the level now is the median over the level window that followed it)."""
+        (the level now is the lower quartile over the level window that followed it)."""
         settle = lead_s + self.level_window_s
         while self._buckets and time - self._buckets[0][0] >= settle:
             t0, _, level_before = self._buckets[0]

@@ -13,7 +13,7 @@ from policies.engine import EngineParams
 class ScheduleWindow(BaseModel):
     """Keep at least `replicas` warm between `start_hour` and `end_hour` (local time)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     start_hour: float = Field(ge=0, le=24)
     end_hour: float = Field(ge=0, le=24)
     replicas: int = Field(ge=0)
@@ -38,8 +38,8 @@ class HybridParams(PolicyParams):
                                  description="a replica's step-time model: the prior for its capacity")
     target_utilization: float = Field(0.9, gt=0, le=1.5, description="share of a replica's full-batch capacity sustained demand is planned at")
     demand_halflife_s: float = Field(10.0, ge=0, description="smoothing of the demand now")
-    level_window_s: float = Field(300.0, gt=0, description="the demand's level is its median over this window")
-    trend_window_s: float = Field(120.0, gt=0, description="the trend compares demand medians of windows this long")
+    level_window_s: float = Field(300.0, gt=0, description="the demand's level is its lower quartile over this window")
+    trend_window_s: float = Field(120.0, gt=0, description="the trend compares the demand's lower quartiles over windows this long")
     burst_quantile: float = Field(0.9, ge=0, le=1, description="quantile of past bursts (peak above level within a cold start) kept warm")
     burst_history_s: float = Field(1800.0, gt=0, description="how far back bursts are remembered")
     mix_halflife_s: float = Field(60.0, gt=0, description="smoothing of the learned request sizes")

@@ -7,7 +7,7 @@ desired = max(floor, max(warm, now) + trend x lead + backlog), where (in replica
   the learned request mix and the engine's step-time model, at the largest
   batch the KV cache allows) / `target_utilization` (a fleet planned at 100 %
   of its capacity queues without bound at the first excess);
-* **warm** is the demand's level (a median that bursts do not move) plus the
+* **warm** is the demand's level (a lower quartile that bursts do not move) plus the
   `burst_quantile` of how far demand peaked above its level within past
   cold-start-long windows (`policies/hybrid/demand.py`): bursts shorter than
   a cold start can only be absorbed by capacity that is already there;
@@ -56,7 +56,8 @@ class HybridPolicy(Policy):
                                              p.cold_start_quantile)
         self.mix = RequestMix(p.mix_halflife_s, p.prior_prompt_tokens, p.prior_output_tokens)
         self.demand = DemandTracker(p.demand_halflife_s, p.level_window_s, p.trend_window_s, p.burst_history_s)
-        self._needed = TimedWindow(3600.0)  # (time, replicas wanted): for the scale-down windows
+        # (time, replicas wanted) for the scale-down windows: the stabilization, or a cold start
+        self._needed = TimedWindow(max(3600.0, p.scale_down_stabilization_s or 0.0, p.default_cold_start_s))
         self._removals = TimedWindow(p.scale_down_period_s)
         self._last_time: float | None = None
         self._first_time: float | None = None
@@ -69,7 +70,7 @@ class HybridPolicy(Policy):
         self._last_time = s.time
         self.mix.observe(s, dt, self.params.engine.kv_cache_tokens)
         cost = self.mix.request_seconds(self.params.engine)
-        if s.arrival_rate is not None:
+        if s.arrival_rate is not None and math.isfinite(s.arrival_rate):
             self.demand.add(s.time, s.arrival_rate * cost, lead_s)
         return cost
 

@@ -26,12 +26,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check(args: argparse.Namespace) -> None:
     if not args.traces.is_dir():
-        raise UserError(f"traces folder not found: {args.traces}")
+        raise UserError(f"traces folder not found: {args.traces} (give --traces, e.g. ../shared/traces)")
     if args.workers is not None and args.workers < 1:
         raise UserError("--workers must be at least 1")
+    if args.plot is not None and args.plot.suffix.lower() != ".png":
+        raise UserError(f"--plot writes a PNG: give a .png path, got {args.plot}")
     for out in (args.json, args.plot):
         if out is not None:
-            out.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UserError(f"cannot create output folder {out.parent}: {exc.strerror}") from None
 
 
 def run(args: argparse.Namespace, settings) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -37,7 +38,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", dest="settings_file", default=None, help="settings YAML")
 
 
+FINITE = ("rate_scale", "start", "duration", "cold_start", "slo_ttft", "slo_target", "scrape_lag",
+          "scrape_failure_rate", "gpu_hour_price")
+
+
 def _check(args: argparse.Namespace) -> None:
+    for name in FINITE:
+        value = getattr(args, name)
+        if value is not None and not math.isfinite(value):
+            raise UserError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+    if args.rate_scale > 10_000:
+        raise UserError(f"--rate-scale {args.rate_scale:g} is absurd (at most 10000)")
+    if not 0 < args.slo_target <= 1:
+        raise UserError(f"--slo-target must be in (0, 1], got {args.slo_target}")
+    if args.gpu_hour_price is not None and args.gpu_hour_price < 0:
+        raise UserError("--gpu-hour-price must not be negative")
+    if args.seed < 0:
+        raise UserError("--seed must not be negative")
+    if args.plot is not None and args.plot.suffix.lower() != ".png":
+        raise UserError(f"--plot writes a PNG: give a .png path, got {args.plot}")
     if args.rate_scale <= 0:
         raise UserError(f"--rate-scale must be positive, got {args.rate_scale}")
     if args.cold_start is not None and args.cold_start < 0:
@@ -78,7 +97,7 @@ def run(args: argparse.Namespace, settings) -> int:
             registry.get(name)
     sets = parse_sets(args.set, names)
     sim = settings.simulation
-    cfg = SimConfig(
+    cfg = _config(SimConfig,
         profile=load_profile(args.profile),
         cold_start=ColdStartModel.fixed_total(args.cold_start) if args.cold_start is not None else ColdStartModel(),
         limits=ScaleLimits(min_replicas=0, max_replicas=args.max_replicas),
@@ -121,6 +140,17 @@ def run(args: argparse.Namespace, settings) -> int:
 
         plot_comparison(comparison.results, args.plot, cfg.slo_ttft_s)
     return 0
+
+
+def _config(cls, **kw):
+    """Settings that got past the flags but not the model (e.g. a bad settings file): one line."""
+    from pydantic import ValidationError
+
+    try:
+        return cls(**kw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise UserError(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
 
 
 def _ratio(value: float | None) -> str:

@@ -76,7 +76,7 @@ def search_axis(run: Run, axis: Axis, slo_target: float, steps: int, found: Foun
             nonlocal found
             found = _keep_better(found, cache[x], params, slo_target)
             found.tried.append((params, cache[x].slo_attainment, cache[x].gpu_hours))
-        return cache[x].slo_attainment >= slo_target
+        return cache[x].meets(slo_target)
 
     # Bisection on a log scale, taking `lo` to meet and `hi` to miss without running them:
     # `steps` runs narrow [lo, hi] by a factor 2**steps in log space.
@@ -102,7 +102,7 @@ def best_config(run: Run, space: list[Axis], slo_target: float, steps: int = 3,
 def _keep_better(found: Found | None, result: SimResult, params: dict[str, Any], target: float) -> Found:
     if found is None:
         return Found(result, params)
-    a_ok, b_ok = result.slo_attainment >= target, found.result.slo_attainment >= target
+    a_ok, b_ok = result.meets(target), found.result.meets(target)
     better = (a_ok and not b_ok) or (a_ok and b_ok and result.gpu_hours < found.result.gpu_hours) or (
         not a_ok and not b_ok and result.slo_attainment > found.result.slo_attainment)
     if better:

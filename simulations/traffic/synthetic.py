@@ -94,6 +94,8 @@ def parse_spec(spec: str) -> tuple[str, dict[str, float]]:
         except ValueError:
             raise UserError(f"synthetic:{name}: {key} must be a number, got {value!r}") from None
     for key, value in params.items():
+        if not math.isfinite(value):
+            raise UserError(f"synthetic:{name}: {key} must be a finite number, got {value}")
         if value < 0 and key != "phase_s":
             raise UserError(f"synthetic:{name}: {key} must not be negative")
     if params["duration"] <= 0:
