@@ -42,7 +42,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
 
 
 def row(label: str, slo: float, gpu: float, oracle: float = 1.0, static: float = 2.0) -> Row:
-    return Row(label, label.split()[0], {}, slo, 0, 0, gpu, gpu / oracle, gpu / 0.5, gpu / static, None, 0)
+    return Row(label, label.split()[0], {}, slo, slo, 0, 0, gpu, gpu / oracle, gpu / 0.5, gpu / static, None, 0)
 
 
 def result(name: str, rows: list[Row]) -> CellResult:

@@ -10,11 +10,13 @@ from pathlib import Path
 from qscale.errors import UserError
 
 HELP = "run the policy scoreboard: hybrid and every baseline on a panel of traffic shapes"
+# The shared traces beside the checkout (../shared/traces from the repository root).
+DEFAULT_TRACES = Path(__file__).resolve().parents[2].parent / "shared" / "traces"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--traces", type=Path, default=Path("../shared/traces"),
-                        help="folder with the public traces (default ../shared/traces)")
+    parser.add_argument("--traces", type=Path, default=DEFAULT_TRACES,
+                        help=f"folder with the public traces (default {DEFAULT_TRACES})")
     parser.add_argument("--quick", action="store_true", help="small loads, one cold start, 10-minute slices")
     parser.add_argument("--only", action="append", default=[], metavar="TEXT",
                         help="run only cells whose name contains TEXT (repeat)")

@@ -46,7 +46,7 @@ def shapes(traces: Path) -> list[Shape]:
     conv, code = traces / "AzureLLMInferenceTrace_conv.csv", traces / "AzureLLMInferenceTrace_code.csv"
     mooncake = traces / "mooncake_synthetic_trace.jsonl"
     return [
-        Shape("azure-conv", str(conv), 10, 45, 1800, 1200,
+        Shape("azure-conv", str(conv), 10, 45, 1800, 900,
               what="Azure 2023 conversation trace, rate x10 / x45"),
         Shape("azure-code", str(code), 20, 90, 1800, 900,
               what="Azure 2023 code trace (bursty), rate x20 / x90"),
@@ -59,7 +59,7 @@ def shapes(traces: Path) -> list[Shape]:
         Shape("step", "synthetic:step?low=15&high=60&at=800&until=1400&duration=1800",
               1, 6, None, None, what="a sustained x4 step up after 800 s, down 10 minutes later"),
         Shape("heavy-tail", "synthetic:poisson?rate=45&output_sigma=1.6&output_max=4000&duration=1800",
-              1, 6, None, 1200, what="Poisson arrivals, heavy-tailed output lengths (p99 ~2.5k tokens)"),
+              1, 6, None, 900, what="Poisson arrivals, heavy-tailed output lengths (p99 ~2.5k tokens)"),
     ]
 
 

@@ -36,7 +36,15 @@ def write_cells(results: list[CellResult], out: TextIO) -> None:
                       f"x bound {_x(row.x_bound):>5}  {params}\n")
 
 
+GEOMEAN_GOAL = 1.25  # x oracle, over the panel
+
+
 def write_shortfalls(results: list[CellResult], out: TextIO, label: str = "hybrid") -> None:
+    mine = next((s for s in summarize(results) if s.label == label), None)
+    if mine is not None and mine.geomean_x_oracle is not None:
+        verdict = "met" if mine.geomean_x_oracle <= GEOMEAN_GOAL else "NOT met"
+        out.write(f"\n{label}: geometric mean {mine.geomean_x_oracle:.2f}x oracle (goal <= {GEOMEAN_GOAL}x: {verdict}); "
+                  f"{mine.cells_meeting_slo} of {mine.cells} cells meet the SLO\n")
     short = shortfalls(results, label)
     out.write(f"\nwhere {label} falls short of the goals ({len(short)} of {len(results)} cells):\n")
     for s in short:

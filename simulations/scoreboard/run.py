@@ -31,6 +31,7 @@ class Row:
     policy: str
     params: dict[str, Any]
     slo_attainment: float
+    served_slo_attainment: float  # among requests the profile can serve: what the target is judged on
     rejected: int
     dropped: int
     gpu_hours: float
@@ -42,7 +43,7 @@ class Row:
 
     @classmethod
     def of(cls, label: str, policy: str, params: dict[str, Any], r: SimResult) -> Row:
-        return cls(label, policy, params, r.slo_attainment, r.rejected, r.dropped, r.gpu_hours,
+        return cls(label, policy, params, r.slo_attainment, r.served_slo_attainment, r.rejected, r.dropped, r.gpu_hours,
                    r.ratio(r.oracle_gpu_hours), r.ratio(r.bound_gpu_hours), r.ratio(r.static_best_gpu_hours),
                    r.ttft_p99_s, r.scale_events)
 
