@@ -52,6 +52,12 @@ class PerformanceProfile(BaseModel):
                              f"one max_model_len ({self.max_model_len}) request")
         return self
 
+    def fits(self, prompt_tokens):
+        """Can a request with this prompt (an int or a numpy array) be admitted at all? vLLM
+        rejects a prompt that leaves no room for one output token within max_model_len (the
+        profile guarantees the KV cache holds that much)."""
+        return prompt_tokens + 1 <= self.max_model_len
+
     @property
     def kv_capacity_tokens(self) -> int:
         return self.num_gpu_blocks * self.block_size

@@ -13,7 +13,7 @@ Each is a row like any policy's (`SimResult`), selectable with `--policy`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from simulations.oracle import OracleSearch, peak_replicas, search_oracle
 from simulations.runner import SimConfig, SimResult
@@ -116,6 +116,4 @@ def _better(a: SimResult, b: SimResult, target: float) -> bool:
 
 
 def _relabel(r: SimResult, name: str) -> SimResult:
-    from dataclasses import replace
-
     return replace(r, policy=name)

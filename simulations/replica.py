@@ -131,7 +131,7 @@ class ReplicaModel:
     # --- arrivals ---------------------------------------------------------------------
 
     def submit(self, req: Request) -> None:
-        if req.prompt + 1 > self.p.max_model_len:
+        if not self.p.fits(req.prompt):
             self.hooks.rejected(req, "prompt longer than max_model_len")
             return
         req.replica = self

@@ -27,9 +27,8 @@ PREFIX_BLOCK_TOKENS = 512  # the replica model's prefix-block size (Mooncake's h
 
 
 def servable(prompt: np.ndarray, profile: PerformanceProfile) -> np.ndarray:
-    """Requests the replica model can admit at all (it rejects the others on arrival)."""
-    limit = min(profile.max_model_len, profile.kv_capacity_tokens)
-    return np.maximum(prompt, 1) + 1 <= limit
+    """Requests the replica model admits at all: its own rule (`PerformanceProfile.fits`)."""
+    return profile.fits(np.maximum(prompt, 1))
 
 
 @dataclass
