@@ -37,6 +37,7 @@ def write_config(tmp_path, shadow=False, **overrides) -> tuple:
               scale_down_period_s: 2
               level_window_s: 10
               trend_window_s: 10
+              burst_history_s: 20    # forget the burst soon, so the test sees the way back down
             limits: {{min_replicas: 1, max_replicas: 4}}
             local:
               model_name: demo-model
