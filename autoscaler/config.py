@@ -27,7 +27,7 @@ from autoscaler.local_fleet import LocalFleetConfig
 from policies import ScaleLimits
 from policies.control import OutageRules
 from policies.engine import with_engine
-from qscale.errors import UserError
+from policies.errors import UserError
 
 
 class KubernetesTarget(BaseModel):

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from policies.base import Policy, PolicyParams
-from qscale.errors import UserError
+from policies.errors import UserError
 
 ENTRY_POINT_GROUP = "qscale.policies"
 

@@ -6,9 +6,9 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from policies.errors import UserError
 from qscale import __version__
 from qscale.commands import COMMANDS
-from qscale.errors import UserError
 from qscale.logs import configure_logging
 from qscale.settings import load_settings
 

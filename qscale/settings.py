@@ -22,7 +22,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from qscale.errors import UserError
+from policies.errors import UserError
 
 CONFIG_FILE_ENV = "QSCALE_CONFIG_FILE"
 _config_file: ContextVar[str | None] = ContextVar("qscale_config_file", default=None)

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from qscale.errors import UserError
+from policies.errors import UserError
 
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
 TINY_NAME = "tiny-llama"

@@ -11,7 +11,7 @@ from typing import Any
 
 from policies import Policy, registry
 from policies.engine import with_engine
-from qscale.errors import UserError
+from policies.errors import UserError
 from simulations.oracle import OracleParams, OraclePolicy, OracleSearch, initial_replicas
 from simulations.profile import PerformanceProfile
 from simulations.references import BOUND, NAMES, ORACLE, STATIC_BEST, References, find_references

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qscale.errors import UserError
+from policies.errors import UserError
 from simulations.runner import SimResult
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from qscale.errors import UserError
+from policies.errors import UserError
 
 
 class PerformanceProfile(BaseModel):

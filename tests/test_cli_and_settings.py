@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
+from policies.errors import UserError
 from qscale.cli import main
-from qscale.errors import UserError
 from qscale.settings import load_settings
 
 

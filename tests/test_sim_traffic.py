@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from qscale.errors import UserError
+from policies.errors import UserError
 from simulations.traffic import detect_format, load_traffic
 
 

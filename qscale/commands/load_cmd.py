@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 from urllib.parse import urlparse
 
-from qscale.errors import UserError
+from policies.errors import UserError
 
 HELP = "replay a trace open-loop against an OpenAI-compatible server, one CSV row per request"
 

@@ -24,7 +24,7 @@ def run(args: argparse.Namespace, settings) -> int:
     if args.check:
         print(f"{args.config}: ok ({len(config.targets)} targets)")
         return 0
-    from qscale.errors import UserError
+    from policies.errors import UserError
 
     try:
         return asyncio.run(_main(config))

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from qscale.errors import UserError
+from policies.errors import UserError
 
 HELP = "run the policy scoreboard: hybrid and every baseline on a panel of traffic shapes"
 # The shared traces beside the checkout (../shared/traces from the repository root).

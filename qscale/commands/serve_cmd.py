@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from qscale.errors import UserError
+from policies.errors import UserError
 
 HELP = "serve an emulated vLLM replica, or launch real vLLM"
 

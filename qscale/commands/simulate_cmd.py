@@ -9,7 +9,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from qscale.errors import UserError
+from policies.errors import UserError
 
 HELP = "replay a trace against a simulated fleet and compare scaling policies"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from qscale.errors import UserError
+from policies.errors import UserError
 from simulations.traffic.loaders import TraceChunk, detect_format, open_trace
 from simulations.traffic.synthetic import generate
 from simulations.traffic.transforms import scale_rate, time_slice

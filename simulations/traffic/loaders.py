@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qscale.errors import UserError
+from policies.errors import UserError
 
 CHUNK_ROWS = 65_536
 

@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 
-from qscale.errors import UserError
+from policies.errors import UserError
 from simulations.traffic.loaders import TraceChunk
 
 CHUNK_S = 600.0
