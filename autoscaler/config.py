@@ -23,7 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from autoscaler.local_fleet import LocalFleetConfig
+from autoscaler.backends.local import LocalFleetConfig
 from policies import ScaleLimits
 from policies.control import OutageRules
 from policies.engine import with_engine
@@ -47,9 +47,19 @@ class PrometheusSource(BaseModel):
     pod_label: str = "pod"
     queries: dict[str, str] = {}  # override the PromQL per field
 
+    @field_validator("queries")
+    @classmethod
+    def _known_fields(cls, v: dict[str, str]) -> dict[str, str]:
+        from autoscaler.metrics.prometheus import DEFAULT_QUERIES
+
+        unknown = sorted(set(v) - set(DEFAULT_QUERIES))
+        if unknown:
+            raise ValueError(f"unknown query fields {', '.join(unknown)}; known: {', '.join(DEFAULT_QUERIES)}")
+        return v
+
 
 class TargetConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: str = Field(min_length=1, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     backend: Literal["local", "kubernetes"] = "local"
     policy: str = "hybrid"
@@ -99,9 +109,11 @@ class TargetConfig(BaseModel):
 
 
 class AutoscalerConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    listen: str = "127.0.0.1:9090"
-    tick_s: float = Field(2.0, gt=0)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    listen: str = Field("127.0.0.1:9090", pattern=r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]*):\d{1,5}$",
+                        description="host:port of /metrics and the APIs")
+    tick_s: float = Field(2.0, gt=0, le=3600)
+    unhealthy_after_ticks: int = Field(5, gt=0, description="/healthz fails after this many ticks without one completing")
     shadow: bool = False
     leader_election: bool = False
     lease_name: str = "qscale-leader"
@@ -120,10 +132,18 @@ class AutoscalerConfig(BaseModel):
             raise ValueError(f"target names must be unique: {', '.join(dupes)}")
         return self
 
+    @field_validator("listen")
+    @classmethod
+    def _port_in_range(cls, v: str) -> str:
+        port = int(v.rpartition(":")[2])
+        if not 0 < port < 65536:
+            raise ValueError(f"port {port} is out of range 1-65535")
+        return v
+
     @property
     def host_port(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")
-        return host or "127.0.0.1", int(port)
+        return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def load_config(path: str | Path) -> AutoscalerConfig:

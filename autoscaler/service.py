@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import signal
 import time
+from collections.abc import Callable
 
 import structlog
 from aiohttp import web
 from prometheus_client import generate_latest
 
+from autoscaler.backends.base import Backend
 from autoscaler.config import AutoscalerConfig, TargetConfig
 from autoscaler.loop import TargetLoop
+from autoscaler.metrics.base import MetricSource
 from autoscaler.metrics.scrape import ScrapeSource
 from autoscaler.telemetry import Telemetry
 from policies import registry
@@ -26,55 +28,54 @@ from policies import registry
 log = structlog.get_logger("qscale.service")
 
 
-def build_target(cfg: TargetConfig, telemetry: Telemetry, shadow: bool) -> tuple[TargetLoop, list]:
-    """Wire one target's discovery, metric source and scaler; returns the loop and start hooks."""
-    starts = []
-    if cfg.backend == "local":
-        from autoscaler.discovery.local import LocalDiscovery
-        from autoscaler.local_fleet import LocalFleet
-        from autoscaler.scalers.local import LocalScaler
+def _local_backend(cfg: TargetConfig, identity: str | None) -> Backend:
+    from autoscaler.backends.local import LocalBackend
 
-        assert cfg.local is not None
-        fleet = LocalFleet(cfg.local)
-        discovery, scaler = LocalDiscovery(fleet), LocalScaler(fleet)
-        starts.append(fleet.start_service)
-        initial = max(cfg.limits.min_replicas, int(cfg.params.get("min_replicas", 1)))
-        starts.append(lambda: _async(fleet.scale_to, initial))
-    else:
-        from autoscaler.kube import kubernetes_target
+    assert cfg.local is not None
+    initial = max(cfg.limits.min_replicas, int(cfg.params.get("min_replicas", 1)))
+    return LocalBackend(cfg.local, initial)
 
-        discovery, scaler, hooks = kubernetes_target(cfg)
-        starts.extend(hooks)
+
+def _kubernetes_backend(cfg: TargetConfig, identity: str | None) -> Backend:
+    from autoscaler.backends.kubernetes import KubernetesBackend
+
+    assert cfg.kubernetes is not None
+    return KubernetesBackend.from_config(cfg.kubernetes, identity)
+
+
+BACKENDS: dict[str, Callable[[TargetConfig, str | None], Backend]] = {
+    "local": _local_backend, "kubernetes": _kubernetes_backend,
+}
+
+
+def _source(cfg: TargetConfig) -> MetricSource:
     if cfg.metrics == "prometheus":
         from autoscaler.metrics.prometheus import PrometheusSource
 
         assert cfg.prometheus is not None
-        source = PrometheusSource(cfg.prometheus, cfg.model_name)
-    else:
-        source = ScrapeSource(cfg.model_name, cfg.scrape_timeout_s)
+        return PrometheusSource(cfg.prometheus, cfg.model_name)
+    return ScrapeSource(cfg.model_name, cfg.scrape_timeout_s)
+
+
+def build_target(cfg: TargetConfig, telemetry: Telemetry, shadow: bool, identity: str | None = None) -> TargetLoop:
+    """Wire one target's backend, metric source and policy into its loop."""
+    backend = BACKENDS[cfg.backend](cfg, identity)
     policy = registry.create(cfg.policy, **cfg.params)
-    loop = TargetLoop(cfg.name, policy, cfg.limits, cfg.outage, discovery, source, scaler, telemetry,
+    return TargetLoop(cfg.name, policy, cfg.limits, cfg.outage, backend, _source(cfg), telemetry,
                       shadow=shadow, stuck_pending_s=cfg.stuck_pending_s)
-    return loop, starts
-
-
-async def _async(fn, *args):
-    fn(*args)
 
 
 class AutoscalerService:
     def __init__(self, config: AutoscalerConfig, is_leader=None) -> None:
         self.config = config
         self.telemetry = Telemetry()
-        self.loops: list[TargetLoop] = []
-        self._starts: list = []
-        for t in config.targets:
-            loop, starts = build_target(t, self.telemetry, config.shadow)
-            self.loops.append(loop)
-            self._starts.extend(starts)
+        self.loops = [build_target(t, self.telemetry, config.shadow, config.identity) for t in config.targets]
         self.is_leader = is_leader or (lambda: True)
         self._runner: web.AppRunner | None = None
         self._stop = asyncio.Event()
+        self._started: float | None = None  # monotonic, when the loops began
+        # A tick that takes longer than this is abandoned and counted as failed.
+        self.tick_timeout_s = max(10.0, 5 * config.tick_s)
 
     # --- HTTP -------------------------------------------------------------------------
 
@@ -106,10 +107,23 @@ class AutoscalerService:
     async def _targets(self, request: web.Request) -> web.Response:
         out = {}
         for loop in self.loops:
-            out[loop.name] = dataclasses.asdict(loop.last) if loop.last else None
+            view = loop.last.view() if loop.last else {}
+            view.update(ticks=loop.ticks, failed_ticks=loop.failed_ticks, last_error=loop.last_error)
+            out[loop.name] = view
         return web.json_response({"leader": self.is_leader(), "shadow": self.config.shadow, "targets": out})
 
     async def _healthz(self, request: web.Request) -> web.Response:
+        """Unhealthy (503) when a target's loop has not completed a tick for `unhealthy_after_ticks`
+        ticks (frozen, or failing every tick), so a liveness probe restarts the process."""
+        limit = self.config.unhealthy_after_ticks * self.config.tick_s
+        now = time.monotonic()
+        stalled = []
+        for lp in self.loops:
+            since = lp.last_tick_monotonic if lp.last_tick_monotonic is not None else self._started
+            if since is not None and now - since > limit:
+                stalled.append(f"{lp.name}: no tick completed for {now - since:.0f}s ({lp.last_error or 'no error'})")
+        if stalled:
+            return web.Response(status=503, text="\n".join(stalled))
         return web.Response(text="ok")
 
     async def _ready(self, request: web.Request) -> web.Response:
@@ -124,9 +138,9 @@ class AutoscalerService:
         next_at = time.monotonic()
         while not self._stop.is_set():
             try:
-                await loop.tick(may_write=self.is_leader())
-            except Exception:  # keep going: one bad tick must not stop the target
-                log.exception("tick failed", target=loop.name)
+                await asyncio.wait_for(loop.tick(may_write=self.is_leader()), timeout=self.tick_timeout_s)
+            except Exception as exc:  # keep going: one bad tick must not stop the target
+                loop.tick_failed(exc)
             next_at += tick
             delay = next_at - time.monotonic()
             if delay < 0:
@@ -148,8 +162,6 @@ class AutoscalerService:
         await web.TCPSite(self._runner, host, port, ssl_context=ssl_context).start()
         log.info("autoscaler listening", url=f"http://{host}:{port}", targets=[lp.name for lp in self.loops],
                  shadow=self.config.shadow)
-        for start in self._starts:
-            await start()
         aio = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -157,10 +169,14 @@ class AutoscalerService:
         if until is not None:
             asyncio.ensure_future(self._forward(until))
         try:
+            for lp in self.loops:
+                await lp.backend.start()
+            self._started = time.monotonic()
             await asyncio.gather(*(self._run_loop(lp) for lp in self.loops))
         finally:
-            for lp in self.loops:
-                await lp.close()
+            # Graceful: every backend drains at once (the local Service lets requests in flight finish).
+            log.info("shutting down: draining", targets=[lp.name for lp in self.loops])
+            await asyncio.gather(*(lp.close() for lp in self.loops), return_exceptions=True)
             await self._runner.cleanup()
         return 0
 

@@ -31,6 +31,9 @@ class Telemetry:
         self.scale_errors = Counter("qscale_scale_errors", "Failed scale writes.", ["target"], registry=r)
         self.loop_seconds = Histogram("qscale_loop_duration_seconds", "One control-loop cycle.", t, registry=r,
                                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+        self.tick_failures = Counter("qscale_tick_failures", "Control-loop ticks that failed.", t, registry=r)
+        self.last_tick = Gauge("qscale_last_tick_timestamp_seconds", "When a tick last completed (epoch s).", t,
+                               registry=r)
         self.leader = Gauge("qscale_leader", "1 when this instance is the leader.", registry=r)
 
     def record(self, target: str, outcome: ControlOutcome, current: int, direction: str) -> None:

@@ -72,7 +72,7 @@ class NullScaler:
 
 
 async def cycles(base_port: int, pods: int, count: int) -> list[float]:
-    from autoscaler.discovery.base import Pod
+    from autoscaler.backends.base import Pod
     from autoscaler.loop import TargetLoop
     from autoscaler.metrics.scrape import ScrapeSource
     from autoscaler.telemetry import Telemetry

@@ -14,39 +14,25 @@ server (`waiting + running`). So per replica, over one interval,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 
+from policies.figures import ZERO_COUNTERS, ReplicaFigures
 from policies.signals import ReplicaSample, ReplicaState, Signals
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class ReplicaReading:
-    """What one scrape of one replica yielded. Counters are cumulative."""
+    """One replica at one tick: who it is, and its figures (None: it could not be read)."""
 
     name: str
     state: ReplicaState
     started_at: float
     ready_at: float | None = None
-    scraped: bool = True
-    waiting: float = 0.0
-    running: float = 0.0
-    kv_cache_usage: float = 0.0
-    requests_finished: float | None = None  # vllm:request_success_total, summed
-    generation_tokens: float | None = None  # vllm:generation_tokens_total
-    prompt_tokens: float | None = None  # vllm:prompt_tokens_total (whole prompts, cached tokens too)
-    preemptions: float | None = None  # vllm:num_preemptions_total
-    ttft_sum: float | None = None  # vllm:time_to_first_token_seconds_sum
-    ttft_count: float | None = None  # vllm:time_to_first_token_seconds_count
-    prefix_queries: float | None = None  # vllm:prefix_cache_queries_total
-    prefix_hits: float | None = None  # vllm:prefix_cache_hits_total
-    queue_sum: float | None = None  # vllm:request_queue_time_seconds_sum
-    queue_count: float | None = None  # vllm:request_queue_time_seconds_count
+    figures: ReplicaFigures | None = None
 
-
-@dataclass(slots=True)
-class _Previous:
-    time: float
-    reading: ReplicaReading
+    @property
+    def scraped(self) -> bool:
+        return self.figures is not None
 
 
 def counter_delta(new: float | None, old: float | None) -> float | None:
@@ -59,49 +45,83 @@ def counter_delta(new: float | None, old: float | None) -> float | None:
 
 
 @dataclass(slots=True)
-class _Rates:
-    """Counter increases summed over the replicas read this tick (None-aware)."""
+class _Sum:
+    """A sum over replicas that stays None until some replica contributed."""
 
-    prompt_tokens: float = 0.0
-    first_tokens: float = 0.0
-    preemptions: float = 0.0
-    has_prompt: bool = False
-    has_first: bool = False
-    has_preemptions: bool = False
+    value: float = 0.0
+    seen: bool = False
 
-    def add(self, new: ReplicaReading, old: ReplicaReading) -> None:
-        d = counter_delta(new.prompt_tokens, old.prompt_tokens)
+    def add(self, d: float | None) -> None:
         if d is not None:
-            self.prompt_tokens += d
-            self.has_prompt = True
-        d = counter_delta(new.ttft_count, old.ttft_count)
-        if d is not None:
-            self.first_tokens += d
-            self.has_first = True
-        d = counter_delta(new.preemptions, old.preemptions)
-        if d is not None:
-            self.preemptions += d
-            self.has_preemptions = True
+            self.value += d
+            self.seen = True
+
+    def per(self, dt: float | None) -> float | None:
+        return self.value / dt if dt and self.seen else None
 
 
-_NUMBERS = ("waiting", "running", "kv_cache_usage", "requests_finished", "generation_tokens", "prompt_tokens",
-            "preemptions", "ttft_sum", "ttft_count", "prefix_queries", "prefix_hits", "queue_sum", "queue_count")
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den else None
 
 
-def absurd(r: ReplicaReading) -> str | None:
-    """Why a reading cannot be trusted (a non-finite or negative number), or None."""
-    for name in _NUMBERS:
-        v = getattr(r, name)
-        if v is not None and not (math.isfinite(v) and v >= 0):
-            return f"{name}={v}"
-    return None
+@dataclass(slots=True)
+class _Fleet:
+    """What one tick accumulates over the replicas."""
+
+    waiting: float = 0.0
+    running: float = 0.0
+    kv_sum: float = 0.0
+    kv_n: int = 0
+    ready: int = 0
+    starting: int = 0
+    draining: int = 0
+    arrivals: float = 0.0
+    finished: float = 0.0
+    rate_dt: float | None = None
+    missing: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    samples: list[ReplicaSample] = field(default_factory=list)
+    tokens: _Sum = field(default_factory=_Sum)
+    prompt_tokens: _Sum = field(default_factory=_Sum)
+    first_tokens: _Sum = field(default_factory=_Sum)
+    preemptions: _Sum = field(default_factory=_Sum)
+    ttft_sum: float = 0.0
+    ttft_count: float = 0.0
+    queue_sum: float = 0.0
+    queue_count: float = 0.0
+    queries: float = 0.0
+    hits: float = 0.0
+
+    def count(self, state: ReplicaState) -> None:
+        if state is ReplicaState.READY:
+            self.ready += 1
+        elif state is ReplicaState.STARTING:
+            self.starting += 1
+        else:
+            self.draining += 1
+
+
+@dataclass(slots=True)
+class _Interval:
+    """One replica's counter increases since its previous reading."""
+
+    dt: float
+    new: ReplicaFigures
+    old: ReplicaFigures
+
+    def delta(self, name: str) -> float | None:
+        return counter_delta(getattr(self.new, name), getattr(self.old, name))
+
+    def mean(self, sum_name: str, count_name: str) -> tuple[float, float] | None:
+        s, c = self.delta(sum_name), self.delta(count_name)
+        return (s, c) if s is not None and c else None
 
 
 class SignalsBuilder:
     """Turns per-replica readings into `Signals`, remembering counters between calls."""
 
     def __init__(self) -> None:
-        self._previous: dict[str, _Previous] = {}
+        self._previous: dict[str, tuple[float, ReplicaFigures]] = {}
         self._router_waiting: float | None = None
         self._last_time: float | None = None
 
@@ -114,140 +134,118 @@ class SignalsBuilder:
         router_waiting: float = 0.0,
     ) -> Signals:
         """`router_waiting`: requests held before any replica (an activator or gateway queue)."""
-        samples: list[ReplicaSample] = []
-        waiting = running = kv_sum = 0.0
-        kv_n = 0
-        ready = starting = draining = 0
-        missing: list[str] = []
-        arrivals = finished = tokens = 0.0
-        counted = _Rates()
-        ttft_sum = ttft_count = queries = hits = queue_sum = queue_count = 0.0
-        rate_dt: float | None = None
-        seen: set[str] = set()
-
-        rejected: list[str] = []
+        fleet = _Fleet()
         for r in readings:
-            why = absurd(r) if r.scraped else None
-            if why is not None:
-                # NaN, Inf or a negative count never enters: the replica reads as unreadable.
-                rejected.append(f"{r.name}: {why}")
-                r = replace(r, scraped=False)
-            seen.add(r.name)
-            if r.state is ReplicaState.READY:
-                ready += 1
-            elif r.state is ReplicaState.STARTING:
-                starting += 1
-            else:
-                draining += 1
-            # A starting replica has no server to scrape yet; only a ready one counts as missing.
-            if not r.scraped:
-                if r.state is ReplicaState.READY:
-                    missing.append(r.name)
-                samples.append(
-                    ReplicaSample(r.name, r.state, r.started_at, r.ready_at, scraped=False)
-                )
+            fleet.count(r.state)
+            figures = self._admit(r, fleet)
+            if figures is None:
+                fleet.samples.append(ReplicaSample(r.name, r.state, r.started_at, r.ready_at, scraped=False))
                 self._previous.pop(r.name, None)
                 continue
+            fleet.samples.append(self._read(time, r, figures, fleet))
+            self._previous[r.name] = (time, figures)
+        router_waiting = self._router(router_waiting, fleet)
+        self._last_time = time
+        seen = {r.name for r in readings}
+        for name in [n for n in self._previous if n not in seen]:
+            del self._previous[name]  # gone: a name reused later starts fresh
+        return self._signals(time, fleet, current_replicas, data_age_s, router_waiting)
 
-            waiting += r.waiting
-            running += r.running
-            if r.state is not ReplicaState.STARTING:
-                kv_sum += r.kv_cache_usage
-                kv_n += 1
+    @staticmethod
+    def _admit(r: ReplicaReading, fleet: _Fleet) -> ReplicaFigures | None:
+        """The reading's figures, or None if it was not read or cannot be trusted."""
+        figures = r.figures
+        why = figures.absurd() if figures is not None else None
+        if why is not None:
+            # NaN, Inf or a negative count never enters: the replica reads as unreadable.
+            fleet.rejected.append(f"{r.name}: {why}")
+            figures = None
+        # A starting replica has no server to scrape yet; only a ready one counts as missing.
+        if figures is None and r.state is ReplicaState.READY:
+            fleet.missing.append(r.name)
+        return figures
 
-            completions_per_s = tokens_per_s = ttft_mean = None
-            prev = self._previous.get(r.name)
-            if prev is None and self._last_time is not None and r.started_at > self._last_time:
-                # A replica born since our last look: all it has seen arrived in this interval.
-                prev = _Previous(self._last_time, ReplicaReading(
-                    r.name, r.state, r.started_at, requests_finished=0.0, generation_tokens=0.0,
-                    prompt_tokens=0.0, preemptions=0.0,
-                    ttft_sum=0.0, ttft_count=0.0, prefix_queries=0.0, prefix_hits=0.0,
-                    queue_sum=0.0, queue_count=0.0))
-            if prev is not None and time > prev.time:
-                dt = time - prev.time
-                rate_dt = dt if rate_dt is None else max(rate_dt, dt)
-                d_fin = counter_delta(r.requests_finished, prev.reading.requests_finished)
-                if d_fin is not None:
-                    d_inflight = (r.waiting + r.running) - (
-                        prev.reading.waiting + prev.reading.running
-                    )
-                    arrivals += d_fin + d_inflight
-                    finished += d_fin
-                    completions_per_s = d_fin / dt
-                d_tok = counter_delta(r.generation_tokens, prev.reading.generation_tokens)
-                if d_tok is not None:
-                    tokens += d_tok
-                    tokens_per_s = d_tok / dt
-                counted.add(r, prev.reading)
-                d_ts = counter_delta(r.ttft_sum, prev.reading.ttft_sum)
-                d_tc = counter_delta(r.ttft_count, prev.reading.ttft_count)
-                if d_ts is not None and d_tc:
-                    ttft_sum += d_ts
-                    ttft_count += d_tc
-                    ttft_mean = d_ts / d_tc
-                d_qs = counter_delta(r.queue_sum, prev.reading.queue_sum)
-                d_qc = counter_delta(r.queue_count, prev.reading.queue_count)
-                if d_qs is not None and d_qc:
-                    queue_sum += d_qs
-                    queue_count += d_qc
-                d_q = counter_delta(r.prefix_queries, prev.reading.prefix_queries)
-                d_h = counter_delta(r.prefix_hits, prev.reading.prefix_hits)
-                if d_q and d_h is not None:
-                    queries += d_q
-                    hits += d_h
-            self._previous[r.name] = _Previous(time, r)
-            samples.append(
-                ReplicaSample(
-                    name=r.name,
-                    state=r.state,
-                    started_at=r.started_at,
-                    ready_at=r.ready_at,
-                    waiting=r.waiting,
-                    running=r.running,
-                    kv_cache_usage=r.kv_cache_usage,
-                    scraped=True,
-                    ttft_s=ttft_mean,
-                    generation_tokens_per_s=tokens_per_s,
-                    completions_per_s=completions_per_s,
-                )
-            )
+    def _interval(self, time: float, r: ReplicaReading, figures: ReplicaFigures) -> _Interval | None:
+        prev = self._previous.get(r.name)
+        if prev is None and self._last_time is not None and r.started_at > self._last_time:
+            # A replica born since our last look: all it has seen arrived in this interval.
+            prev = (self._last_time, ZERO_COUNTERS)
+        if prev is None or time <= prev[0]:
+            return None
+        return _Interval(time - prev[0], figures, prev[1])
 
+    def _read(self, time: float, r: ReplicaReading, f: ReplicaFigures, fleet: _Fleet) -> ReplicaSample:
+        fleet.waiting += f.waiting
+        fleet.running += f.running
+        if r.state is not ReplicaState.STARTING:
+            fleet.kv_sum += f.kv_cache_usage or 0.0
+            fleet.kv_n += 1
+        interval = self._interval(time, r, f)
+        completions_per_s = tokens_per_s = ttft_mean = None
+        if interval is not None:
+            completions_per_s, tokens_per_s, ttft_mean = _add_interval(interval, fleet)
+        return ReplicaSample(
+            name=r.name, state=r.state, started_at=r.started_at, ready_at=r.ready_at, waiting=f.waiting,
+            running=f.running, kv_cache_usage=f.kv_cache_usage or 0.0, scraped=True, ttft_s=ttft_mean,
+            generation_tokens_per_s=tokens_per_s, completions_per_s=completions_per_s,
+        )
+
+    def _router(self, router_waiting: float, fleet: _Fleet) -> float:
         if not (math.isfinite(router_waiting) and router_waiting >= 0):
-            rejected.append(f"router: waiting={router_waiting}")
+            fleet.rejected.append(f"router: waiting={router_waiting}")
             router_waiting = self._router_waiting or 0.0
         # Requests held at the router arrived too, though no replica has seen them yet.
-        if rate_dt is not None and self._router_waiting is not None:
-            arrivals += router_waiting - self._router_waiting
+        if fleet.rate_dt is not None and self._router_waiting is not None:
+            fleet.arrivals += router_waiting - self._router_waiting
         self._router_waiting = router_waiting
-        self._last_time = time
+        return router_waiting
 
-        # Forget replicas that are gone so a name reused later starts fresh.
-        for name in list(self._previous):
-            if name not in seen:
-                del self._previous[name]
-
+    @staticmethod
+    def _signals(time: float, fleet: _Fleet, current: int, data_age_s: float, router_waiting: float) -> Signals:
+        dt = fleet.rate_dt
         return Signals(
-            time=time,
-            replicas=tuple(samples),
-            current_replicas=current_replicas,
-            total_waiting=waiting + router_waiting,
-            total_running=running,
-            ready_replicas=ready,
-            starting_replicas=starting,
-            draining_replicas=draining,
-            mean_kv_cache_usage=kv_sum / kv_n if kv_n else 0.0,
-            arrival_rate=max(0.0, arrivals) / rate_dt if rate_dt else None,
-            completion_rate=finished / rate_dt if rate_dt else None,
-            complete=not missing,
-            missing=tuple(missing),
-            rejected_readings=tuple(rejected),
-            data_age_s=data_age_s,
-            generation_tokens_per_s=tokens / rate_dt if rate_dt else None,
-            prefix_cache_hit_rate=hits / queries if queries else None,
-            mean_ttft_s=ttft_sum / ttft_count if ttft_count else None,
-            mean_queue_wait_s=queue_sum / queue_count if queue_count else None,
-            prompt_tokens_per_s=counted.prompt_tokens / rate_dt if rate_dt and counted.has_prompt else None,
-            first_tokens_per_s=counted.first_tokens / rate_dt if rate_dt and counted.has_first else None,
-            preemptions_per_s=counted.preemptions / rate_dt if rate_dt and counted.has_preemptions else None,
+            time=time, replicas=tuple(fleet.samples), current_replicas=current,
+            total_waiting=fleet.waiting + router_waiting, total_running=fleet.running,
+            ready_replicas=fleet.ready, starting_replicas=fleet.starting, draining_replicas=fleet.draining,
+            mean_kv_cache_usage=fleet.kv_sum / fleet.kv_n if fleet.kv_n else 0.0,
+            arrival_rate=max(0.0, fleet.arrivals) / dt if dt else None,
+            completion_rate=fleet.finished / dt if dt else None,
+            complete=not fleet.missing, missing=tuple(fleet.missing), rejected_readings=tuple(fleet.rejected),
+            data_age_s=data_age_s, generation_tokens_per_s=fleet.tokens.per(dt),
+            prefix_cache_hit_rate=_ratio(fleet.hits, fleet.queries),
+            mean_ttft_s=_ratio(fleet.ttft_sum, fleet.ttft_count),
+            mean_queue_wait_s=_ratio(fleet.queue_sum, fleet.queue_count),
+            prompt_tokens_per_s=fleet.prompt_tokens.per(dt), first_tokens_per_s=fleet.first_tokens.per(dt),
+            preemptions_per_s=fleet.preemptions.per(dt),
         )
+
+
+def _add_interval(i: _Interval, fleet: _Fleet) -> tuple[float | None, float | None, float | None]:
+    """Adds one replica's counter increases to the fleet; returns its completions/s, tokens/s and
+    mean TTFT over the interval."""
+    fleet.rate_dt = i.dt if fleet.rate_dt is None else max(fleet.rate_dt, i.dt)
+    completions_per_s = tokens_per_s = ttft_mean = None
+    d_fin = i.delta("requests_finished")
+    if d_fin is not None:
+        fleet.arrivals += d_fin + i.new.in_flight - i.old.in_flight
+        fleet.finished += d_fin
+        completions_per_s = d_fin / i.dt
+    d_tok = i.delta("generation_tokens")
+    fleet.tokens.add(d_tok)
+    if d_tok is not None:
+        tokens_per_s = d_tok / i.dt
+    fleet.prompt_tokens.add(i.delta("prompt_tokens"))
+    fleet.first_tokens.add(i.delta("ttft_count"))
+    fleet.preemptions.add(i.delta("preemptions"))
+    if (ttft := i.mean("ttft_sum", "ttft_count")) is not None:
+        fleet.ttft_sum += ttft[0]
+        fleet.ttft_count += ttft[1]
+        ttft_mean = ttft[0] / ttft[1]
+    if (queue := i.mean("queue_sum", "queue_count")) is not None:
+        fleet.queue_sum += queue[0]
+        fleet.queue_count += queue[1]
+    d_q, d_h = i.delta("prefix_queries"), i.delta("prefix_hits")
+    if d_q and d_h is not None:
+        fleet.queries += d_q
+        fleet.hits += d_h
+    return completions_per_s, tokens_per_s, ttft_mean

@@ -23,8 +23,8 @@ class OutageRules(BaseModel):
     These guards live here and nowhere else: every policy gets them, none repeats them.
     Missing data reads low, so by default no policy may scale down on it; stale data
     (older than `stale_after_s`) holds the fleet; after
-    `fallback_after_s` of continuous outage the fleet goes to `fallback_replicas`
-    (like KEDA's fallback), if set.
+    `fallback_after_s` of continuous outage the fleet goes up to at least
+    `fallback_replicas` (like KEDA's fallback, but never down: missing data reads low).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -50,6 +50,11 @@ class ControlOutcome:
     @property
     def desired(self) -> int:
         return self.clamp.desired
+
+    @property
+    def remove_first(self) -> tuple[str, ...]:
+        """Replicas to remove before healthy ones on a scale-down: those that could not be read."""
+        return self.signals.missing
 
 
 class Controller:
@@ -94,7 +99,10 @@ class Controller:
         outage_s = time - self._outage_since
         if (rules.fallback_after_s is not None and rules.fallback_replicas is not None
                 and outage_s >= rules.fallback_after_s):
-            return rules.fallback_replicas, f"fallback: {outage_s:.0f}s of incomplete data", outage_s
+            # The fallback is a floor, never a cut: missing data reads low, and the replicas
+            # that can be read still say what they need.
+            target = max(current, requested, rules.fallback_replicas)
+            return target, f"fallback: {outage_s:.0f}s of incomplete data, at least {rules.fallback_replicas}", outage_s
         if rules.hold_on_incomplete and requested < current:
             return current, f"hold: {len(signals.missing)} replicas unreadable, no scale-down", outage_s
         return requested, None, outage_s

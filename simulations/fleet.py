@@ -8,11 +8,13 @@ finishes what it accepted, then stops; GPU time counts from creation to stop.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from policies import ReplicaReading, ReplicaState
+from policies.victims import removal_order
 from simulations.coldstart import ColdStartModel
 from simulations.engine import EventHandle, EventLoop
 from simulations.profile import PerformanceProfile
@@ -20,7 +22,6 @@ from simulations.replica import ReplicaHooks, ReplicaModel
 from simulations.request import Request
 from simulations.results import RequestStats
 from simulations.router import ROUTERS
-from simulations.victims import removal_order
 
 
 @dataclass(eq=False)
@@ -77,12 +78,13 @@ class Fleet(ReplicaHooks):
         """Replicas asked for: starting plus ready (draining ones are on their way out)."""
         return sum(1 for r in self.replicas if r.state is not ReplicaState.DRAINING)
 
-    def scale_to(self, n: int) -> None:
+    def scale_to(self, n: int, remove_first: Collection[str] = ()) -> None:
+        """`remove_first`: replicas to remove before healthy ones on a scale-down (unreadable ones)."""
         current = self.desired
         for _ in range(n - current):
             self._start()
         if n < current:
-            self._remove(current - n)
+            self._remove(current - n, remove_first)
 
     def start_warm(self, n: int) -> None:
         """Replicas already serving when the run begins."""
@@ -123,8 +125,9 @@ class Fleet(ReplicaHooks):
         while self.pending:
             self._route(self.pending.popleft())
 
-    def _remove(self, count: int) -> None:
-        for rep in removal_order(self.replicas, lambda r: r.created_at)[:count]:
+    def _remove(self, count: int, remove_first: Collection[str]) -> None:
+        order = removal_order(self.replicas, lambda r: r.created_at, lambda r: r.model.name, remove_first)
+        for rep in order[:count]:
             if rep.state is ReplicaState.STARTING:
                 if rep.ready_event is not None:
                     EventLoop.cancel(rep.ready_event)
@@ -201,32 +204,9 @@ class Fleet(ReplicaHooks):
         """What scraping every replica's /metrics would return now."""
         out = []
         for rep in self.replicas:
-            m = rep.model
-            if rep.state is ReplicaState.STARTING:
-                out.append(ReplicaReading(m.name, rep.state, rep.created_at, scraped=False))
-                continue
-            if failure_rate and self.rng.random() < failure_rate:
-                out.append(ReplicaReading(m.name, rep.state, rep.created_at, rep.ready_at, scraped=False))
-                continue
-            out.append(
-                ReplicaReading(
-                    name=m.name,
-                    state=rep.state,
-                    started_at=rep.created_at,
-                    ready_at=rep.ready_at,
-                    waiting=m.num_waiting,
-                    running=m.num_running,
-                    kv_cache_usage=m.kv_usage(),
-                    requests_finished=m.requests_finished,
-                    generation_tokens=m.generation_tokens_now(),
-                    prompt_tokens=m.prompt_tokens,
-                    preemptions=m.preemptions,
-                    ttft_sum=m.ttft_sum,
-                    ttft_count=m.ttft_count,
-                    prefix_queries=m.prefix_queries,
-                    prefix_hits=m.prefix_hits,
-                )
-            )
+            unreadable = rep.state is ReplicaState.STARTING or (failure_rate and self.rng.random() < failure_rate)
+            figures = None if unreadable else rep.model.figures()
+            out.append(ReplicaReading(rep.model.name, rep.state, rep.created_at, rep.ready_at, figures))
         return out
 
     def gpu_seconds(self) -> float:

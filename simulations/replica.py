@@ -29,6 +29,7 @@ import heapq
 from collections import OrderedDict, deque
 from typing import Any, Protocol
 
+from policies.figures import ReplicaFigures
 from simulations.profile import PerformanceProfile
 from simulations.request import Request
 
@@ -56,8 +57,8 @@ class ReplicaModel:
         "_decode_heap", "_event", "_prefix_cache", "_prefix_cap", "_segment", "analytic", "clock",
         "ctx_dec", "generation_tokens", "hooks", "kv_cap", "kv_used", "n_dec", "name", "p",
         "preemptions", "prefilling", "prefix_block_tokens", "prefix_caching", "prefix_hits",
-        "prefix_queries", "prompt_tokens", "requests_finished", "running", "steps", "ttft_count",
-        "ttft_sum", "waiting", "_aborted", "__weakref__",
+        "prefix_queries", "prompt_tokens", "queue_count", "queue_sum", "requests_finished", "running", "steps",
+        "ttft_count", "ttft_sum", "waiting", "_aborted", "__weakref__",
     )
 
     def __init__(
@@ -98,6 +99,8 @@ class ReplicaModel:
         self.prompt_tokens = 0
         self.ttft_sum = 0.0
         self.ttft_count = 0
+        self.queue_sum = 0.0  # time from arrival to first scheduled, counted at the first token
+        self.queue_count = 0
         self.prefix_queries = 0
         self.prefix_hits = 0
         self.preemptions = 0
@@ -123,6 +126,16 @@ class ReplicaModel:
 
     def generation_tokens_now(self) -> int:
         return self.generation_tokens + self.n_dec * self._segment_progress()
+
+    def figures(self) -> ReplicaFigures:
+        """What this replica's /metrics shows now."""
+        return ReplicaFigures(
+            waiting=self.num_waiting, running=self.num_running, kv_cache_usage=self.kv_usage(),
+            requests_finished=self.requests_finished, generation_tokens=self.generation_tokens_now(),
+            prompt_tokens=self.prompt_tokens, preemptions=self.preemptions, ttft_sum=self.ttft_sum,
+            ttft_count=self.ttft_count, prefix_queries=self.prefix_queries, prefix_hits=self.prefix_hits,
+            queue_sum=self.queue_sum, queue_count=self.queue_count,
+        )
 
     @property
     def outstanding(self) -> int:
@@ -378,6 +391,9 @@ class ReplicaModel:
                 req.first_token = now
                 self.ttft_sum += now - req.arrival
                 self.ttft_count += 1
+                if req.scheduled is not None:
+                    self.queue_sum += req.scheduled - req.arrival
+                    self.queue_count += 1
                 self._prefix_insert(req)
                 self.hooks.first_token(req)
             if req.generated >= req.output:

@@ -141,7 +141,7 @@ class _Ticker:
             # as a deployment that was already running would have had history.
             desired = current
         if desired != current:
-            fleet.scale_to(desired)
+            fleet.scale_to(desired, outcome.remove_first)
             self.scale_events += 1
             direction = 1 if desired > current else -1
             if self._last_direction and direction != self._last_direction and now - self._last_change_t <= cfg.flap_window_s:

@@ -5,21 +5,28 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from policies import ReplicaReading, ReplicaState, Signals, SignalsBuilder
+from policies.figures import ReplicaFigures
 
 READY, STARTING, DRAINING = ReplicaState.READY, ReplicaState.STARTING, ReplicaState.DRAINING
 
 
+def reading(name: str, state: ReplicaState = READY, started_at: float = 0.0, ready_at: float | None = None,
+            scraped: bool = True, **figures: float) -> ReplicaReading:
+    """A replica's reading; `scraped=False`: it could not be read."""
+    return ReplicaReading(name, state, started_at, ready_at, ReplicaFigures(**figures) if scraped else None)
+
+
 def ready(name: str, waiting: float = 0, running: float = 0, finished: float = 0, **kw) -> ReplicaReading:
-    return ReplicaReading(name, READY, kw.pop("started_at", 0.0), waiting=waiting, running=running,
-                          requests_finished=finished, **kw)
+    return reading(name, READY, kw.pop("started_at", 0.0), waiting=waiting, running=running,
+                   requests_finished=finished, **kw)
 
 
 def starting(name: str, started_at: float = 0.0) -> ReplicaReading:
-    return ReplicaReading(name, STARTING, started_at, scraped=False)
+    return reading(name, STARTING, started_at, scraped=False)
 
 
 def missing(name: str) -> ReplicaReading:
-    return ReplicaReading(name, READY, 0.0, scraped=False)
+    return reading(name, READY, 0.0, scraped=False)
 
 
 @dataclass

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autoscaler.metrics.parse import MetricsParseError, parse_vllm_metrics
+from autoscaler.metrics.parse import MetricsParseError, parse_exposition, parse_vllm_metrics
 
 REAL = (Path(__file__).parent / "data" / "vllm-0.32.0-cpu-metrics.txt").read_text()
 
@@ -18,7 +18,7 @@ def test_real_vllm_exposition():
     s = parse_vllm_metrics(REAL, "tiny-llama")
     assert s.requests_finished == 11 and s.generation_tokens == 4008
     assert s.ttft_count == 11 and s.itl_count == 3997 and s.queue_count == 11
-    assert s.kv_usage == 0 and s.legacy_names == []
+    assert s.kv_cache_usage == 0 and parse_exposition(REAL, "tiny-llama").legacy_names == ()
 
 
 def test_without_type_comments_gives_the_same():
@@ -46,7 +46,7 @@ vllm:request_success_total{engine="1",finished_reason="abort",model_name="m"} 1.
 def test_sums_engines_filters_model_averages_kv():
     s = parse_vllm_metrics(TWO_ENGINES, "m")
     assert (s.running, s.waiting) == (7.0, 3.0)
-    assert s.kv_usage == pytest.approx(0.3)
+    assert s.kv_cache_usage == pytest.approx(0.3)
     assert s.requests_finished == 8.0
     # Without a filter every model counts.
     assert parse_vllm_metrics(TWO_ENGINES).running == 57.0
@@ -61,9 +61,10 @@ vllm:gpu_prefix_cache_hits_total{model_name="m"} 4.0
 vllm:time_per_output_token_seconds_sum{model_name="m"} 2.0
 vllm:time_per_output_token_seconds_count{model_name="m"} 100.0
 """
-    s = parse_vllm_metrics(old, "m")
-    assert s.kv_usage == 0.5 and s.prefix_hits == 4.0 and s.itl_count == 100.0
-    assert set(s.legacy_names) == {"kv_usage", "prefix_queries", "prefix_hits", "itl_sum", "itl_count"}
+    parsed = parse_exposition(old, "m")
+    s = parsed.figures
+    assert s.kv_cache_usage == 0.5 and s.prefix_hits == 4.0 and s.itl_count == 100.0
+    assert set(parsed.legacy_names) == {"kv_cache_usage", "prefix_queries", "prefix_hits", "itl_sum", "itl_count"}
 
 
 def test_waiting_by_reason_is_not_mistaken_for_waiting():
@@ -91,3 +92,26 @@ def test_garbage_is_an_error(body):
 def test_arbitrary_text_never_crashes_otherwise(body):
     with contextlib.suppress(MetricsParseError):
         parse_vllm_metrics(body)
+
+
+@pytest.mark.parametrize("value", ["+Inf", "-Inf", "NaN", "-3", "1_000", "Infinity"])
+@pytest.mark.parametrize("name", ["vllm:num_requests_waiting", "vllm:num_requests_running",
+                                  "vllm:kv_cache_usage_perc", "vllm:request_success_total"])
+def test_a_value_that_is_not_a_finite_count_makes_the_replica_unreadable(name, value):
+    """A replica reporting +Inf waiting, NaN running or a negative gauge is unreadable this tick:
+    the number never reaches the policy (NaN running used to read as 0, +Inf passed through)."""
+    ok = {"vllm:num_requests_waiting": "2", "vllm:num_requests_running": "1",
+          "vllm:kv_cache_usage_perc": "0.5", "vllm:request_success_total": "7"}
+    body = "".join(f'{n}{{engine="0"}} {value if n == name else v}\n' for n, v in ok.items())
+    with pytest.raises(MetricsParseError, match=name.split("{")[0]):
+        parse_vllm_metrics(body)
+
+
+def test_histogram_inf_buckets_are_not_values():
+    """`le="+Inf"` is a label, not a value: a real histogram still parses."""
+    body = ('# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting 1\n'
+            '# TYPE vllm:request_queue_time_seconds histogram\n'
+            'vllm:request_queue_time_seconds_bucket{le="+Inf"} 4\nvllm:request_queue_time_seconds_sum 2.5\n'
+            'vllm:request_queue_time_seconds_count 4\n')
+    s = parse_vllm_metrics(body)
+    assert s.queue_count == 4 and s.queue_sum == 2.5

@@ -7,13 +7,13 @@ import math
 
 import pytest
 
-from policies import PolicyConfigError, ReplicaReading, ReplicaState, registry
+from policies import PolicyConfigError, ReplicaState, registry
 from policies.engine import EngineParams
 from simulations.coldstart import ColdStartModel
 from simulations.profile import load_profile
 from simulations.runner import SimConfig, simulate
 from simulations.traffic import load_traffic
-from tests.helpers import Feed, ready, starting
+from tests.helpers import Feed, reading, ready, starting
 
 H100 = load_profile("llama3-8b-h100")
 
@@ -79,7 +79,7 @@ def test_learns_nothing_from_incomplete_readings():
     p.decide(feed(2, [ready("a", 0, 10, finished=10, prompt_tokens=10_000, generation_tokens=2000,
                             ttft_count=10)]))
     learned = p.mix.prompt.value
-    unread = ReplicaReading("b", ReplicaState.READY, 0.0, scraped=False)
+    unread = reading("b", ReplicaState.READY, 0.0, scraped=False)
     p.decide(feed(4, [ready("a", 0, 10, finished=20, prompt_tokens=900_000, generation_tokens=4000,
                             ttft_count=20), unread]))
     assert p.mix.prompt.value == learned
@@ -133,7 +133,7 @@ def test_cold_start_is_learned_from_observed_starts():
     p, feed = hybrid(default_cold_start_s=300, cold_start_min_observations=3), Feed()
     names = ["a", "b", "c"]
     p.decide(feed(0, [starting(n, 0) for n in names]))
-    rs = [ReplicaReading(n, ReplicaState.READY, 0.0, ready_at=60.0) for n in names]
+    rs = [reading(n, ReplicaState.READY, 0.0, ready_at=60.0) for n in names]
     d = p.decide(feed(62, rs))
     assert d.terms["lead_time_s"] == 60.0
 
@@ -209,7 +209,7 @@ def test_a_nan_reading_does_not_blind_it():
         rs = [ready(f"r{i}", 0, 10, finished=fin, prompt_tokens=fin * 1000, generation_tokens=fin * 200,
                     ttft_count=fin) for i in range(4)]
         if t == 100:
-            rs[0] = ReplicaReading("r0", ReplicaState.READY, 0.0, waiting=float("nan"), running=10,
+            rs[0] = reading("r0", ReplicaState.READY, 0.0, waiting=float("nan"), running=10,
                                    requests_finished=fin)
         d = p.decide(feed(t, rs, current=4))
         assert all(math.isfinite(v) for v in d.terms.values()), d.terms

@@ -5,8 +5,9 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policies import ReplicaReading, ReplicaState, ScaleLimits, Signals, SignalsBuilder, registry
+from policies import ReplicaState, ScaleLimits, Signals, SignalsBuilder, registry
 from policies.control import Controller
+from tests.helpers import reading
 
 BOUNDS = {"min_replicas": 1, "max_replicas": 8}
 BOUNDS_ZERO = {"min_replicas": 0, "max_replicas": 8}
@@ -45,7 +46,7 @@ def build_readings(seq):
         readings = []
         for i, (state, waiting, running, scraped, inc, offset) in enumerate(reps):
             counters[i] = counters.get(i, 0.0) + inc
-            readings.append(ReplicaReading(
+            readings.append(reading(
                 f"r{i}", state, started_at=t - offset * 10, scraped=scraped, waiting=waiting,
                 running=running, requests_finished=counters[i]))
         yield t, readings, current, age, router

@@ -12,8 +12,8 @@ import urllib.request
 
 import pytest
 
+from autoscaler.backends.base import Pod
 from autoscaler.config import PrometheusSource as PrometheusSettings
-from autoscaler.discovery.base import Pod
 from autoscaler.metrics.prometheus import PrometheusSource
 from autoscaler.metrics.scrape import ScrapeSource
 from policies import ReplicaState
@@ -85,16 +85,16 @@ def test_prometheus_source_agrees_with_a_direct_scrape(replicas, prometheus):
         got = None
         while time.monotonic() < deadline:
             got = asyncio.run(source.read(pods(replicas)))
-            snap = got.snapshots.get("replica-a")
+            snap = got.figures.get("replica-a")
             # Prometheus picks up targets and scrapes them on its own schedule: wait for both.
-            if snap is not None and snap.waiting > 0 and got.snapshots.get("replica-b") is not None:
+            if snap is not None and snap.waiting > 0 and got.figures.get("replica-b") is not None:
                 break
             time.sleep(0.5)
         assert got is not None
-        a = got.snapshots["replica-a"]
+        a = got.figures["replica-a"]
         assert a is not None and a.running == 2 and a.waiting == 4  # max_num_seqs 2, 6 in flight
-        assert got.snapshots["replica-b"].running == 0
-        assert got.snapshots["replica-c"] is None and "no series" in got.errors["replica-c"]
+        assert got.figures["replica-b"].running == 0
+        assert got.figures["replica-c"] is None and "no series" in got.errors["replica-c"]
         assert 0 <= got.age_s < 5
 
         async def direct():
@@ -104,7 +104,7 @@ def test_prometheus_source_agrees_with_a_direct_scrape(replicas, prometheus):
             finally:
                 await s.close()
 
-        d = asyncio.run(direct()).snapshots["replica-a"]
+        d = asyncio.run(direct()).figures["replica-a"]
         assert (d.running, d.waiting) == (a.running, a.waiting)
         assert abs(d.requests_finished - (a.requests_finished or 0)) <= 2
     finally:
@@ -115,5 +115,5 @@ def test_prometheus_source_agrees_with_a_direct_scrape(replicas, prometheus):
 def test_prometheus_down_marks_every_pod_missing(replicas):
     source = PrometheusSource(PrometheusSettings(url=f"http://127.0.0.1:{free_port()}"), model_name="m")
     got = asyncio.run(source.read(pods(replicas)))
-    assert all(v is None for v in got.snapshots.values())
+    assert all(v is None for v in got.figures.values())
     assert all(e.startswith("prometheus:") for e in got.errors.values())

@@ -1,5 +1,5 @@
-from policies import ReplicaReading, SignalsBuilder
-from tests.helpers import READY, STARTING, missing, ready, starting
+from policies import SignalsBuilder
+from tests.helpers import READY, STARTING, missing, reading, ready, starting
 
 
 def test_totals_and_counts():
@@ -37,9 +37,9 @@ def test_unreadable_ready_replica_marks_data_incomplete():
 
 def test_ttft_and_prefix_hit_rate_from_deltas():
     b = SignalsBuilder()
-    r0 = ReplicaReading("a", READY, 0.0, ttft_sum=1.0, ttft_count=2, prefix_queries=100, prefix_hits=50,
+    r0 = reading("a", READY, 0.0, ttft_sum=1.0, ttft_count=2, prefix_queries=100, prefix_hits=50,
                         requests_finished=0, generation_tokens=0)
-    r1 = ReplicaReading("a", READY, 0.0, ttft_sum=4.0, ttft_count=5, prefix_queries=200, prefix_hits=140,
+    r1 = reading("a", READY, 0.0, ttft_sum=4.0, ttft_count=5, prefix_queries=200, prefix_hits=140,
                         requests_finished=0, generation_tokens=500)
     b.build(0.0, [r0], 1)
     s = b.build(5.0, [r1], 1)
@@ -53,7 +53,7 @@ def test_nan_inf_and_negative_readings_never_enter():
     b.build(0.0, [ready("a", 1, 2, finished=10), ready("b", 1, 2, finished=10)], 2)
     for bad in ({"waiting": float("nan")}, {"running": float("inf")}, {"requests_finished": -5.0},
                 {"kv_cache_usage": float("-inf")}):
-        s = b.build(2.0, [ready("a", 1, 2, finished=12), ReplicaReading("b", READY, 0.0, **{
+        s = b.build(2.0, [ready("a", 1, 2, finished=12), reading("b", READY, 0.0, **{
             "waiting": 1, "running": 2, "requests_finished": 12, **bad})], 2)
         field = next(iter(bad))
         assert s.missing == ("b",) and not s.complete

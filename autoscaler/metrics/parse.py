@@ -14,7 +14,9 @@ real exposition costs little more than its ~60 interesting lines.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from policies.figures import ReplicaFigures
 
 
 class MetricsParseError(ValueError):
@@ -25,8 +27,8 @@ class MetricsParseError(ValueError):
 _WANTED: dict[str, tuple[str, str]] = {
     "vllm:num_requests_running": ("running", "sum"),
     "vllm:num_requests_waiting": ("waiting", "sum"),
-    "vllm:kv_cache_usage_perc": ("kv_usage", "mean"),
-    "vllm:gpu_cache_usage_perc": ("kv_usage_legacy", "mean"),
+    "vllm:kv_cache_usage_perc": ("kv_cache_usage", "mean"),
+    "vllm:gpu_cache_usage_perc": ("kv_cache_usage_legacy", "mean"),
     "vllm:prefix_cache_queries_total": ("prefix_queries", "sum"),
     "vllm:prefix_cache_hits_total": ("prefix_hits", "sum"),
     "vllm:gpu_prefix_cache_queries_total": ("prefix_queries_legacy", "sum"),
@@ -48,28 +50,12 @@ _WANTED: dict[str, tuple[str, str]] = {
 }
 
 
-@dataclass(slots=True)
-class VllmSnapshot:
-    """One replica's figures, engines summed. Counters are cumulative; None when absent."""
+@dataclass(frozen=True, slots=True)
+class ParsedMetrics:
+    """A replica's figures, and the figures read under their old names (e.g. `gpu_cache_usage_perc`)."""
 
-    running: float = 0.0
-    waiting: float = 0.0
-    kv_usage: float | None = None
-    prefix_queries: float | None = None
-    prefix_hits: float | None = None
-    preemptions: float | None = None
-    prompt_tokens: float | None = None
-    generation_tokens: float | None = None
-    requests_finished: float | None = None
-    ttft_sum: float | None = None
-    ttft_count: float | None = None
-    itl_sum: float | None = None
-    itl_count: float | None = None
-    queue_sum: float | None = None
-    queue_count: float | None = None
-    e2e_sum: float | None = None
-    e2e_count: float | None = None
-    legacy_names: list[str] = field(default_factory=list)
+    figures: ReplicaFigures
+    legacy_names: tuple[str, ...] = ()
 
 
 def _labels(text: str) -> dict[str, str]:
@@ -217,45 +203,61 @@ def _all_samples(text: str):
             yield name, labels, raw
 
 
-def parse_vllm_metrics(text: str, model_name: str | None = None) -> VllmSnapshot:
+def _value(name: str, raw: str) -> float:
+    """A sample's value: a finite, non-negative number in the exposition's own syntax."""
+    if "_" in raw:
+        raise MetricsParseError(f"bad sample value for {name}: {raw[:40]}")  # float() takes 1_000
+    try:
+        value = float(raw)
+    except ValueError:
+        raise MetricsParseError(f"bad sample value for {name}: {raw[:40]}") from None
+    if not math.isfinite(value) or value < 0:
+        raise MetricsParseError(f"{name} is {raw[:40]}: not a finite, non-negative number")
+    return value
+
+
+def _sums(text: str, model_name: str | None) -> tuple[dict[str, float], dict[str, int]]:
+    """Sum (and count) every wanted sample of the model, by field."""
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
-    seen_gauge = False
-    wanted = _WANTED
     for name, labels_text, raw in _all_samples(text):
-        spec = wanted.get(name)
+        spec = _WANTED.get(name)
         if spec is None:
             continue  # e.g. a histogram's _bucket lines
         if model_name is not None and labels_text and _model_of(labels_text, model_name) != model_name:
             continue
-        try:
-            value = float(raw)
-        except ValueError:
-            raise MetricsParseError(f"bad sample value for {name}: {raw[:40]}") from None
-        if math.isnan(value):
-            continue
         key = spec[0]
-        sums[key] = sums.get(key, 0.0) + value
+        sums[key] = sums.get(key, 0.0) + _value(name, raw)
         counts[key] = counts.get(key, 0) + 1
-        if key in ("running", "waiting"):
-            seen_gauge = True
-    if not seen_gauge:
+    if "running" not in sums and "waiting" not in sums:
         raise MetricsParseError("no vllm:num_requests_running or vllm:num_requests_waiting series")
+    return sums, counts
 
-    def get(key: str, how: str = "sum") -> float | None:
+
+def parse_exposition(text: str, model_name: str | None = None) -> ParsedMetrics:
+    """The replica's figures from one /metrics body. Raises MetricsParseError on a body that is
+    not vLLM's exposition, or on a NaN, infinite or negative value (the replica is then
+    unreadable this tick: a wrong number must never reach the policy)."""
+    sums, counts = _sums(text, model_name)
+
+    def get(key: str) -> float | None:
         if key not in sums:
             return None
-        return sums[key] / counts[key] if how == "mean" else sums[key]
+        return sums[key] / counts[key] if key.startswith("kv_cache_usage") else sums[key]
 
-    snap = VllmSnapshot(running=sums.get("running", 0.0), waiting=sums.get("waiting", 0.0))
-    for attr in ("prefix_queries", "prefix_hits", "kv_usage", "itl_sum", "itl_count"):
-        how = "mean" if attr == "kv_usage" else "sum"
-        new = get(attr, how)
-        if new is None and f"{attr}_legacy" in sums:
-            new = get(f"{attr}_legacy", how)
-            snap.legacy_names.append(attr)
-        setattr(snap, attr, new)
-    for attr in ("preemptions", "prompt_tokens", "generation_tokens", "requests_finished", "ttft_sum",
-                 "ttft_count", "queue_sum", "queue_count", "e2e_sum", "e2e_count"):
-        setattr(snap, attr, get(attr))
-    return snap
+    values: dict[str, float | None] = {}
+    legacy: list[str] = []
+    for key in ("prefix_queries", "prefix_hits", "kv_cache_usage", "itl_sum", "itl_count"):
+        values[key] = get(key)
+        if values[key] is None and f"{key}_legacy" in sums:
+            values[key] = get(f"{key}_legacy")
+            legacy.append(key)
+    for key in ("preemptions", "prompt_tokens", "generation_tokens", "requests_finished", "ttft_sum",
+                "ttft_count", "queue_sum", "queue_count", "e2e_sum", "e2e_count"):
+        values[key] = get(key)
+    figures = ReplicaFigures(running=sums.get("running", 0.0), waiting=sums.get("waiting", 0.0), **values)
+    return ParsedMetrics(figures, tuple(legacy))
+
+
+def parse_vllm_metrics(text: str, model_name: str | None = None) -> ReplicaFigures:
+    return parse_exposition(text, model_name).figures

@@ -19,14 +19,14 @@ import time
 
 from prometheus_api_client import PrometheusConnect
 
-from autoscaler.discovery.base import Pod
+from autoscaler.backends.base import Pod
 from autoscaler.metrics.base import SourceResult
-from autoscaler.metrics.parse import VllmSnapshot
+from policies.figures import ReplicaFigures
 
 DEFAULT_QUERIES = {
     "running": "sum by ({pod}) (vllm:num_requests_running{sel})",
     "waiting": "sum by ({pod}) (vllm:num_requests_waiting{sel})",
-    "kv_usage": "avg by ({pod}) (vllm:kv_cache_usage_perc{sel}) or avg by ({pod}) (vllm:gpu_cache_usage_perc{sel})",
+    "kv_cache_usage": "avg by ({pod}) (vllm:kv_cache_usage_perc{sel}) or avg by ({pod}) (vllm:gpu_cache_usage_perc{sel})",
     "requests_finished": "sum by ({pod}) (vllm:request_success_total{sel})",
     "generation_tokens": "sum by ({pod}) (vllm:generation_tokens_total{sel})",
     "prompt_tokens": "sum by ({pod}) (vllm:prompt_tokens_total{sel})",
@@ -67,33 +67,36 @@ class PrometheusSource:
     async def read(self, pods: list[Pod]) -> SourceResult:
         results = await asyncio.gather(*(asyncio.to_thread(self._query, f) for f in self.queries))
         by_field = dict(results)
-        result = SourceResult(snapshots={})
+        result = SourceResult(figures={})
         gauges = [by_field.get("running"), by_field.get("waiting")]
         failed = next((v for v in gauges if isinstance(v, Exception)), None)
         newest = 0.0
         for pod in pods:
             if pod.metrics_url is None:  # nothing to read yet (starting)
                 continue
-            if failed is not None:
-                result.snapshots[pod.name] = None
-                result.errors[pod.name] = f"prometheus: {type(failed).__name__}"
-                continue
-            running, waiting = by_field["running"].get(pod.name), by_field["waiting"].get(pod.name)
-            if running is None and waiting is None:
-                result.snapshots[pod.name] = None
-                result.errors[pod.name] = "prometheus: no series"
-                continue
-            snap = VllmSnapshot(running=running[1] if running else 0.0, waiting=waiting[1] if waiting else 0.0)
-            for field, values in by_field.items():
-                if field in ("running", "waiting") or isinstance(values, Exception):
-                    continue
-                if pod.name in values:
-                    setattr(snap, field, values[pod.name][1])
-            newest = max(newest, max(v[0] for v in (running, waiting) if v))
-            result.snapshots[pod.name] = snap
+            why = f"prometheus: {type(failed).__name__}" if failed is not None else None
+            figures, stamp = (None, 0.0) if why else self._figures(pod.name, by_field)
+            if why is None and figures is None:
+                why = "prometheus: no series"
+            result.figures[pod.name] = figures
+            if why is not None:
+                result.errors[pod.name] = why
+            newest = max(newest, stamp)
         if newest:
             result.age_s = max(0.0, time.time() - newest)
         return result
+
+    @staticmethod
+    def _figures(pod: str, by_field: dict) -> tuple[ReplicaFigures | None, float]:
+        """The pod's figures (None without its running or waiting series) and their newest timestamp."""
+        running, waiting = by_field["running"].get(pod), by_field["waiting"].get(pod)
+        if running is None and waiting is None:
+            return None, 0.0
+        values = {field: rows[pod][1] for field, rows in by_field.items()
+                  if not isinstance(rows, Exception) and pod in rows}
+        values.setdefault("running", 0.0)
+        values.setdefault("waiting", 0.0)
+        return ReplicaFigures(**values), max(v[0] for v in (running, waiting) if v)
 
     async def close(self) -> None:
         return None

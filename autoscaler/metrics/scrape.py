@@ -10,9 +10,10 @@ import asyncio
 
 import aiohttp
 
-from autoscaler.discovery.base import Pod
+from autoscaler.backends.base import Pod
 from autoscaler.metrics.base import SourceResult
-from autoscaler.metrics.parse import MetricsParseError, VllmSnapshot, parse_vllm_metrics
+from autoscaler.metrics.parse import MetricsParseError, parse_vllm_metrics
+from policies.figures import ReplicaFigures
 
 
 class ScrapeSource:
@@ -29,14 +30,14 @@ class ScrapeSource:
             )
         return self._session
 
-    async def _one(self, pod: Pod) -> tuple[str, VllmSnapshot | None, str | None]:
+    async def _one(self, pod: Pod) -> tuple[str, ReplicaFigures | None, str | None]:
         assert pod.metrics_url is not None
         try:
             async with self._client().get(pod.metrics_url) as resp:
                 if resp.status != 200:
                     return pod.name, None, f"HTTP {resp.status}"
-                body = await resp.content.read(self.max_body_bytes + 1)
-                if len(body) > self.max_body_bytes:
+                body = await self._body(resp)
+                if body is None:
                     return pod.name, None, "metrics body too large"
             return pod.name, parse_vllm_metrics(body.decode("utf-8", "replace"), self.model_name), None
         except TimeoutError:
@@ -46,12 +47,24 @@ class ScrapeSource:
         except MetricsParseError as exc:
             return pod.name, None, f"unparseable: {exc}"
 
+    async def _body(self, resp: aiohttp.ClientResponse) -> bytes | None:
+        """The whole body (every chunk of a chunked one, to its end), or None past the cap.
+        A body cut short raises aiohttp.ClientPayloadError: the pod is unreadable this tick."""
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_any():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     async def read(self, pods: list[Pod]) -> SourceResult:
         targets = [p for p in pods if p.metrics_url is not None]
         results = await asyncio.gather(*(self._one(p) for p in targets))
-        out = SourceResult(snapshots={})
+        out = SourceResult(figures={})
         for name, snap, err in results:
-            out.snapshots[name] = snap
+            out.figures[name] = snap
             if err is not None:
                 out.errors[name] = err
         return out

@@ -1,0 +1,123 @@
+"""The local backend: `qscale serve` replicas as processes on this machine, behind a Service.
+
+Each replica is a child process (`qscale serve --engine emulated ...`, or real vLLM) on
+its own loopback port (`autoscaler/local/replicas.py`: kept like a ReplicaSet keeps pods,
+probed for readiness and liveness, killed with its whole tree when this process dies).
+Clients send to the Service (`autoscaler/local/proxy.py`) on a stable port. Closing
+drains: the Service stops taking new connections, requests in flight finish (up to
+`drain_grace_s`), then the replicas get SIGTERM and are killed after the same grace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import Sequence
+
+import aiohttp
+import structlog
+from pydantic import BaseModel, ConfigDict, Field
+
+from autoscaler.backends.base import Pod
+from autoscaler.local.proxy import ProxyService
+from autoscaler.local.replicas import LocalReplicas
+from policies import ReplicaState
+
+log = structlog.get_logger("qscale.local")
+
+
+class LocalFleetConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    engine: str = Field("emulated", pattern="^(emulated|vllm-cpu)$")
+    profile: str = "llama3-8b-h100"
+    model_name: str = Field("emulated/llama3-8b-h100", min_length=1)
+    cold_start_s: float = Field(10.0, ge=0)
+    drain_grace_s: float = Field(30.0, ge=0)
+    host: str = Field("127.0.0.1", pattern=r"^(127\.\d{1,3}\.\d{1,3}\.\d{1,3}|localhost|::1)$",
+                      description="the Service listens on loopback only")
+    service_port: int = Field(8600, gt=0, lt=65536)
+    base_port: int = Field(8610, gt=0, lt=65536)
+    max_num_seqs: int | None = Field(None, gt=0)
+    extra_args: list[str] = []
+    hold_timeout_s: float = Field(120.0, gt=0, description="how long the Service holds a request with no ready replica")
+    header_timeout_s: float = Field(300.0, gt=0, description="a replica must start its answer within this")
+    idle_timeout_s: float = Field(60.0, gt=0, description="a started answer may pause at most this long")
+    probe_interval_s: float = Field(1.0, gt=0, description="health probes of every replica, this often")
+    probe_timeout_s: float = Field(1.0, gt=0)
+    failure_threshold: int = Field(2, gt=0, description="failed probes in a row that take a replica out of rotation")
+    restart_after_s: float = Field(20.0, gt=0, description="a replica unhealthy this long is killed and replaced")
+
+
+def replica_command(c: LocalFleetConfig, port: int) -> list[str]:
+    cmd = [sys.executable, "-m", "qscale.cli", "serve", "--engine", c.engine, "--host", "127.0.0.1",
+           "--port", str(port), "--model-name", c.model_name]
+    if c.engine == "emulated":
+        cmd += ["--profile", c.profile, "--cold-start", str(c.cold_start_s), "--drain-grace", str(c.drain_grace_s)]
+        if c.max_num_seqs:
+            cmd += ["--max-num-seqs", str(c.max_num_seqs)]
+    else:
+        cmd += ["--tiny"]
+    return cmd + list(c.extra_args)
+
+
+class LocalBackend:
+    def __init__(self, config: LocalFleetConfig, initial_replicas: int = 1) -> None:
+        self.config = c = config
+        self.initial_replicas = initial_replicas
+        self.fleet = LocalReplicas(lambda port: replica_command(c, port), c.base_port, c.probe_timeout_s,
+                                   c.failure_threshold, c.restart_after_s, c.drain_grace_s)
+        self.service = ProxyService(self.fleet.serving, self.fleet.became_ready, self._saw_failure, c.host,
+                                    c.service_port, c.hold_timeout_s, c.header_timeout_s, c.idle_timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+        self._prober: asyncio.Task | None = None
+
+    def _saw_failure(self, rep) -> None:
+        self.fleet.failed(rep, at_once=True)
+
+    async def start(self) -> None:
+        await self.service.start()
+        self.fleet.scale_to(self.initial_replicas)
+        self._session = aiohttp.ClientSession()
+        self._prober = asyncio.ensure_future(self._probe_forever())
+
+    async def _probe_forever(self) -> None:
+        """Readiness and liveness on their own clock, so the rotation never waits for a tick."""
+        assert self._session is not None
+        while True:
+            try:
+                await self.fleet.refresh(self._session)
+            except Exception as exc:  # a probe round must never end the probing
+                log.error("probe round failed", error=f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(self.config.probe_interval_s)
+
+    async def pods(self) -> list[Pod]:
+        return [Pod(r.name, r.state, r.started_at,
+                    f"{r.url}/metrics" if r.state is not ReplicaState.STARTING else None, r.ready_at)
+                for r in self.fleet.replicas]
+
+    async def current_replicas(self) -> int:
+        return self.fleet.spec
+
+    async def set_replicas(self, replicas: int, reason: str, remove_first: Sequence[str] = ()) -> None:
+        self.fleet.scale_to(replicas, remove_first)
+
+    def router_waiting(self) -> float:
+        return float(self.service.held)
+
+    async def close(self) -> None:
+        """Drain: refuse new connections, let requests in flight finish, then stop the replicas."""
+        grace = self.config.drain_grace_s
+        started = time.monotonic()
+        await self.service.stop_listening()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.service.idle.wait(), timeout=grace)
+        if self._prober is not None:
+            self._prober.cancel()
+        left = max(0.0, grace - (time.monotonic() - started))
+        await self.fleet.close(min(left, 5.0) if self.service.in_flight == 0 else left)
+        await self.service.close()
+        if self._session is not None:
+            await self._session.close()
+        log.info("local backend closed", drained_s=round(time.monotonic() - started, 1))
