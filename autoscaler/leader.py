@@ -115,7 +115,7 @@ class LeaseElector:
 
 
 async def run_with_leader_election(config) -> int:
-    from autoscaler.kube import api_client
+    from autoscaler.kube.client import api_client
     from autoscaler.service import AutoscalerService
 
     api_url = next((t.kubernetes.api_url for t in config.targets if t.kubernetes is not None), None)
