@@ -2,13 +2,21 @@
 
 It follows shared/reference/wire-formats.md: the Deployment scale subresource (GET, PUT
 with resourceVersion conflicts, the three PATCH content types, 415 otherwise, 422 on
-negative replicas), EndpointSlices (LIST, and WATCH as newline-delimited JSON events with
-ERROR 410 for an expired resourceVersion), Leases, Events, HPAs and KEDA ScaledObjects
-(404 when the CRD is "not installed"), and Status error bodies.
+negative replicas), EndpointSlices (LIST, and WATCH as newline-delimited JSON events),
+pod PATCH (annotations, e.g. the deletion cost), Leases, Events, HPAs and KEDA
+ScaledObjects (404 when the CRD is "not installed"), and Status error bodies.
+
+Watch history is kept as the API server keeps it: `compact()` drops it, and a watch from a
+resourceVersion older than the compaction gets what the server sends - HTTP 200, then one
+ERROR event carrying a Status with code 410 "Expired", then the end of the stream.
+`end_watches()` closes the open watch streams (as the server does after timeoutSeconds).
 
 Deployments create pods that get a loopback IP (127.0.0.N) at once and become ready after
 `cold_start_s`; each pod is served by an emulated vLLM replica on that IP, so the
-autoscaler scrapes real /metrics. Faults are injected through `faults`.
+autoscaler scrapes real /metrics. A scale-down removes pods as a ReplicaSet picks them
+(not ready first, then the lowest `controller.kubernetes.io/pod-deletion-cost`, then the
+newest). Faults are injected through `faults`; every request is recorded in `requests`
+(verb, group, resource, namespace, name, answer), as an authorizer would see it.
 """
 
 from __future__ import annotations
@@ -45,14 +53,49 @@ def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+
+
 @dataclass
 class Faults:
     scale_write_errors: list[int] = field(default_factory=list)  # pop one per PUT/PATCH of scale
+    retry_after: str | None = None  # Retry-After header on injected 429/503 answers
     scale_write_delay_s: float = 0.0  # applied, then answered this late
     api_down: bool = False  # every request gets 503
-    expire_next_watch: bool = False  # next watch: 200 then ERROR 410
     metrics_timeout_pods: set[str] = field(default_factory=set)
     metrics_garbage_pods: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class ApiCall:
+    """One request, as RBAC sees it: verb (get, list, watch, create, update, patch), API group,
+    resource (with /subresource), namespace, object name ("" for collections) and the answer."""
+
+    verb: str
+    group: str
+    resource: str
+    namespace: str
+    name: str
+    status: int
+
+
+def api_call(method: str, path: str, query: dict, status_code: int) -> ApiCall | None:
+    parts = path.strip("/").split("/")
+    if parts[:2] == ["api", "v1"]:
+        group, rest = "", parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) >= 3:
+        group, rest = parts[1], parts[3:]
+    else:
+        return None
+    if len(rest) < 2 or rest[0] != "namespaces":
+        return None
+    ns, rest = rest[1], rest[2:]
+    resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
+    name = rest[1] if len(rest) > 1 else ""
+    watching = query.get("watch") in ("true", "1")
+    verb = {"GET": "get" if name else ("watch" if watching else "list"), "POST": "create", "PUT": "update",
+            "PATCH": "patch", "DELETE": "delete"}[method]
+    return ApiCall(verb, group, resource, ns, name, status_code)
 
 
 @dataclass
@@ -63,6 +106,13 @@ class FakePod:
     ready: bool = False
     terminating: bool = False
     server: Any = None
+    annotations: dict[str, str] = field(default_factory=dict)
+
+    def deletion_cost(self) -> int:
+        try:
+            return int(self.annotations.get(DELETION_COST, "0"))
+        except ValueError:
+            return 0
 
 
 @dataclass
@@ -72,6 +122,8 @@ class FakeDeployment:
     replicas: int
     uid: str = field(default_factory=lambda: str(uuid.uuid4()))
     pods: list[FakePod] = field(default_factory=list)
+    rv: int = 0  # the Deployment's resourceVersion (spec or status changed)
+    slice_rv: int = 0  # its EndpointSlice's
 
 
 class KubeDouble:
@@ -89,6 +141,10 @@ class KubeDouble:
         self._rv = itertools.count(1000)
         self.rv = next(self._rv)
         self._slice_events: list[tuple[int, str, dict]] = []  # (rv, type, object) history
+        self._compacted_rv = 0  # watches from an older resourceVersion get ERROR 410
+        self._watch_epoch = 0  # bumped by end_watches(): open streams close
+        self.expired_watches = 0  # ERROR 410 events sent
+        self.requests: list[ApiCall] = []
         self._ips = itertools.count(10)
         self._changed = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -106,7 +162,7 @@ class KubeDouble:
 
     def add_deployment(self, namespace: str, name: str, replicas: int) -> None:
         def _add():
-            d = FakeDeployment(namespace, name, replicas)
+            d = FakeDeployment(namespace, name, replicas, rv=self.bump())
             self.deployments[(namespace, name)] = d
             self._reconcile(d)
         self.call(_add)
@@ -132,8 +188,8 @@ class KubeDouble:
             self._slice_changed(d)
             asyncio.get_running_loop().call_later(self.cold_start_s, self._make_ready, d, pod)
         if len(live) > d.replicas:
-            # Newest and not-ready first, as a ReplicaSet picks.
-            victims = sorted(live, key=lambda p: (p.ready, -p.created))[: len(live) - d.replicas]
+            # As a ReplicaSet picks: not ready first, then the lowest deletion cost, then the newest.
+            victims = sorted(live, key=lambda p: (p.ready, p.deletion_cost(), -p.created))[: len(live) - d.replicas]
             for pod in victims:
                 pod.terminating = True
                 asyncio.ensure_future(self._terminate(d, pod))
@@ -182,7 +238,7 @@ class KubeDouble:
                 "targetRef": {"kind": "Pod", "namespace": d.namespace, "name": p.name, "uid": p.name},
                 "nodeName": "gpu-node-1"} for p in d.pods]
         obj = {"metadata": {"name": f"{d.name}-slice", "generateName": f"{d.name}-", "namespace": d.namespace,
-                            "uid": d.uid, "resourceVersion": str(self.rv), "generation": 1,
+                            "uid": d.uid, "resourceVersion": str(d.slice_rv), "generation": 1,
                             "labels": {"kubernetes.io/service-name": d.name,
                                        "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
                "addressType": "IPv4", "endpoints": eps or None,
@@ -193,8 +249,24 @@ class KubeDouble:
 
     def _slice_changed(self, d: FakeDeployment) -> None:
         rv = self.bump()
+        d.rv = d.slice_rv = rv  # the pods changed: so did the slice and the Deployment's status
         self._slice_events.append((rv, "MODIFIED", self._slice(d, True)))
+        self._notify()
+
+    def _notify(self) -> None:
+        """Wake every open watch: each waits on the Event current when it last looked."""
         self._changed.set()
+        self._changed = asyncio.Event()
+
+    def compact(self) -> None:
+        """Drop the watch history (etcd compaction): resuming from before now is a 410."""
+        self._slice_events.clear()
+        self._compacted_rv = self.rv
+
+    def end_watches(self) -> None:
+        """Close every open watch stream, unsent events unsent (the client resumes from its RV)."""
+        self._watch_epoch += 1
+        self._notify()
 
     # --- HTTP -------------------------------------------------------------------------
 
@@ -202,8 +274,15 @@ class KubeDouble:
         @web.middleware
         async def down(request, handler):
             if self.faults.api_down:
-                return status(503, "ServiceUnavailable", "the server is currently unable to handle the request")
-            return await handler(request)
+                resp = status(503, "ServiceUnavailable", "the server is currently unable to handle the request")
+                self._record(request, resp.status)
+                return resp
+            if request.query.get("watch") in ("true", "1"):
+                self._record(request, 200)  # a watch answers 200 at once, and streams on
+                return await handler(request)
+            resp = await handler(request)
+            self._record(request, resp.status)
+            return resp
 
         app = web.Application(middlewares=[down])
         r = app.router
@@ -212,6 +291,7 @@ class KubeDouble:
         r.add_put(base + "/scale", self.write_scale)
         r.add_patch(base + "/scale", self.write_scale)
         r.add_get(base, self.get_deployment)
+        r.add_patch("/api/v1/namespaces/{ns}/pods/{name}", self.patch_pod)
         r.add_get("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices", self.endpointslices)
         r.add_get("/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers", self.list_hpas)
         r.add_get("/apis/keda.sh/v1alpha1/namespaces/{ns}/scaledobjects", self.list_scaled_objects)
@@ -220,6 +300,11 @@ class KubeDouble:
         r.add_post("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases", self.create_lease)
         r.add_put("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}", self.replace_lease)
         return app
+
+    def _record(self, request: web.Request, status_code: int) -> None:
+        call = api_call(request.method, request.path, dict(request.query), status_code)
+        if call is not None:
+            self.requests.append(call)
 
     def _deployment(self, request: web.Request) -> FakeDeployment | None:
         return self.deployments.get((request.match_info["ns"], request.match_info["name"]))
@@ -233,7 +318,7 @@ class KubeDouble:
         spec = {"replicas": d.replicas} if d.replicas else {}
         return {"kind": "Scale", "apiVersion": "autoscaling/v1",
                 "metadata": {"name": d.name, "namespace": d.namespace, "uid": d.uid,
-                             "resourceVersion": str(self.rv), "creationTimestamp": "2026-11-28T09:58:02Z"},
+                             "resourceVersion": str(d.rv), "creationTimestamp": "2026-11-28T09:58:02Z"},
                 "spec": spec,
                 "status": {"replicas": len([p for p in d.pods if not p.terminating]), "selector": f"app={d.name}"}}
 
@@ -247,18 +332,22 @@ class KubeDouble:
             return self._not_found(request)
         if self.faults.scale_write_errors:
             code = self.faults.scale_write_errors.pop(0)
-            reasons = {409: "Conflict", 429: "TooManyRequests", 500: "InternalError"}
+            reasons = {403: "Forbidden", 409: "Conflict", 429: "TooManyRequests", 500: "InternalError",
+                       503: "ServiceUnavailable"}
             msg = (f'Operation cannot be fulfilled on deployments.apps "{d.name}": the object has been modified; '
                    "please apply your changes to the latest version and try again") if code == 409 else "injected"
-            return status(code, reasons.get(code, "Unknown"), msg,
+            resp = status(code, reasons.get(code, "Unknown"), msg,
                           {"name": d.name, "group": "apps", "kind": "deployments"})
+            if code in (429, 503) and self.faults.retry_after is not None:
+                resp.headers["Retry-After"] = self.faults.retry_after
+            return resp
         ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
         body = await request.json()
         if request.method == "PUT":
             if ctype != "application/json":
                 return status(415, "UnsupportedMediaType", f"the body of the request was in an unknown format: {ctype}")
             rv = (body.get("metadata") or {}).get("resourceVersion")
-            if rv and rv != str(self.rv):
+            if rv and rv != str(d.rv):
                 return status(409, "Conflict", f'Operation cannot be fulfilled on deployments.apps "{d.name}": '
                               "the object has been modified; please apply your changes to the latest version "
                               "and try again", {"name": d.name, "group": "apps", "kind": "deployments"})
@@ -280,7 +369,7 @@ class KubeDouble:
                                        "message": f"Invalid value: {replicas}: must be greater than or equal to 0"}]})
         old_status = len([p for p in d.pods if not p.terminating])
         d.replicas = replicas
-        self.bump()
+        d.rv = self.bump()
         self.scale_writes.append({"method": request.method, "replicas": replicas, "time": time.time()})
         self._reconcile(d)
         out = self._scale(d)
@@ -289,6 +378,48 @@ class KubeDouble:
             # The write has landed; its answer is late (the client may have given up).
             await asyncio.sleep(self.faults.scale_write_delay_s)
         return web.json_response(out)
+
+    def _pod(self, ns: str, name: str) -> tuple[FakeDeployment, FakePod] | None:
+        for d in self.deployments.values():
+            for p in d.pods:
+                if d.namespace == ns and p.name == name:
+                    return d, p
+        return None
+
+    async def patch_pod(self, request: web.Request) -> web.Response:
+        ns, name = request.match_info["ns"], request.match_info["name"]
+        found = self._pod(ns, name)
+        if found is None:
+            return status(404, "NotFound", f'pods "{name}" not found', {"name": name, "kind": "pods"})
+        d, pod = found
+        ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
+        body = await request.json()
+        if ctype in ("application/strategic-merge-patch+json", "application/merge-patch+json"):
+            for key, value in ((body.get("metadata") or {}).get("annotations") or {}).items():
+                if value is None:
+                    pod.annotations.pop(key, None)
+                else:
+                    pod.annotations[key] = value
+        elif ctype == "application/json-patch+json":
+            for op in body:
+                prefix = "/metadata/annotations/"
+                if op.get("op") in ("add", "replace") and op.get("path", "").startswith(prefix):
+                    key = op["path"][len(prefix):].replace("~1", "/").replace("~0", "~")
+                    pod.annotations[key] = op["value"]
+        else:
+            return status(415, "UnsupportedMediaType", f"the body of the request was in an unknown format: {ctype}")
+        self.bump()
+        return web.json_response(self._pod_object(d, pod))
+
+    def _pod_object(self, d: FakeDeployment, pod: FakePod) -> dict:
+        ready = "True" if pod.ready and not pod.terminating else "False"
+        return {"kind": "Pod", "apiVersion": "v1",
+                "metadata": {"name": pod.name, "namespace": d.namespace, "uid": pod.name,
+                             "resourceVersion": str(self.rv), "labels": {"app": d.name},
+                             "annotations": dict(pod.annotations)},
+                "spec": {"containers": [{"name": "vllm", "image": "vllm/vllm-openai:v0.33.0"}]},
+                "status": {"phase": "Running", "podIP": pod.ip,
+                           "conditions": [{"type": "Ready", "status": ready, "lastProbeTime": None}]}}
 
     async def get_deployment(self, request: web.Request) -> web.Response:
         d = self._deployment(request)
@@ -301,7 +432,7 @@ class KubeDouble:
             st["availableReplicas"] = ready
         return web.json_response({"kind": "Deployment", "apiVersion": "apps/v1",
                                   "metadata": {"name": d.name, "namespace": d.namespace, "uid": d.uid,
-                                               "resourceVersion": str(self.rv)},
+                                               "resourceVersion": str(d.rv)},
                                   "spec": {"replicas": d.replicas}, "status": st})
 
     def _matching(self, request: web.Request) -> list[FakeDeployment]:
@@ -320,8 +451,8 @@ class KubeDouble:
         resp.enable_chunked_encoding()
         await resp.prepare(request)
         since = int(request.query.get("resourceVersion") or 0)
-        if self.faults.expire_next_watch:
-            self.faults.expire_next_watch = False
+        if 0 < since < self._compacted_rv:
+            self.expired_watches += 1
             err = {"type": "ERROR", "object": status_body(410, "Expired",
                                                           f"too old resource version: {since} ({self.rv})")}
             await resp.write((json.dumps(err) + "\n").encode())
@@ -329,20 +460,22 @@ class KubeDouble:
         timeout = float(request.query.get("timeoutSeconds") or 300)
         deadline = time.monotonic() + timeout
         names = {d.name for d in self._matching(request)}
+        epoch = self._watch_epoch
         sent = since
         if since == 0:
             for d in self._matching(request):
                 await resp.write((json.dumps({"type": "ADDED", "object": self._slice(d, True)}) + "\n").encode())
             sent = self.rv
         try:
-            while time.monotonic() < deadline and not self.faults.api_down and not self._closing:
+            while (time.monotonic() < deadline and not self.faults.api_down and not self._closing
+                   and epoch == self._watch_epoch):
+                changed = self._changed
                 for rv, kind, obj in list(self._slice_events):
                     if rv > sent and obj["metadata"]["labels"]["kubernetes.io/service-name"] in names:
                         await resp.write((json.dumps({"type": kind, "object": obj}) + "\n").encode())
                         sent = rv
-                self._changed.clear()
                 with contextlib.suppress(asyncio.TimeoutError, ValueError):
-                    await asyncio.wait_for(self._changed.wait(), timeout=min(1.0, deadline - time.monotonic()))
+                    await asyncio.wait_for(changed.wait(), timeout=min(1.0, deadline - time.monotonic()))
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         return resp
@@ -437,3 +570,26 @@ class KubeDouble:
         asyncio.run_coroutine_threadsafe(_shutdown(), self.loop).result(20)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)  # type: ignore[union-attr]
+
+
+# --- driving the Kubernetes backend against the double --------------------------------
+
+
+def fast_tuning(**retry: Any):
+    """The backend's timings shortened for tests (watch streams of 5 s, quick backoff)."""
+    from autoscaler.backends.kubernetes import Tuning
+    from autoscaler.kube.endpointslices import WatchSettings
+    from autoscaler.kube.scale import RetryPolicy
+
+    policy = {"attempts": 4, "first_wait_s": 0.1, "max_wait_s": 2.0, "budget_s": 4.0, "request_timeout_s": 2.0}
+    return Tuning(watch=WatchSettings(timeout_s=5, min_backoff_s=0.1, max_backoff_s=0.5, request_timeout_s=2.0),
+                  retry=RetryPolicy(**{**policy, **retry}), sync_timeout_s=5.0)
+
+
+def kubernetes_backend(double: KubeDouble, namespace: str = "llm", deployment: str = "vllm", **retry: Any):
+    """A KubernetesBackend on the double's deployment, with fast_tuning; not started."""
+    from autoscaler.backends.kubernetes import KubernetesBackend, KubernetesTarget
+
+    target = KubernetesTarget(namespace=namespace, deployment=deployment, metrics_port=double.metrics_port,
+                              api_url=f"http://127.0.0.1:{double.port}")
+    return KubernetesBackend.from_config(target, "test", fast_tuning(**retry))
