@@ -4,18 +4,25 @@ on qscale's signals: `GET /apis/external.metrics.k8s.io/v1beta1` (discovery) and
 
 Each target yields one item per metric, labelled `target=<name>` (and `deployment=<name>`
 for Kubernetes targets), valued from its last decision's signals, as a canonical Quantity.
+A request is checked before any work: the namespace must be a DNS-1123 label and the
+label selector at most 4096 characters, parsed by a tokenizer in linear time (400 otherwise).
+
 Not implemented yet: delegated authentication (TokenReview / SubjectAccessReview) of the
-aggregator's requests - deploy behind the APIService with the RBAC in manifests/, and
-treat the endpoint as cluster-internal.
+aggregator's requests - deploy behind the APIService (manifests/base/apiservice.yaml) and
+treat the endpoint as cluster-internal. When it lands, the service account needs the
+`system:auth-delegator` ClusterRoleBinding and the kube-system RoleBinding to
+`extension-apiserver-authentication-reader`; until then it needs no cluster-wide grant.
 """
 
 from __future__ import annotations
 
 import math
-import re
+import string
 import time
 
 from aiohttp import web
+
+from autoscaler.kube.names import is_dns1123_label, is_dns1123_subdomain
 
 GROUP_VERSION = "external.metrics.k8s.io/v1beta1"
 
@@ -53,41 +60,132 @@ def quantity(value: float) -> str:
     return format_milli(math.ceil(value * 1000 - 1e-9) if value >= 0 else -math.ceil(-value * 1000 - 1e-9))
 
 
-_REQ = re.compile(r"\s*(!?)([A-Za-z0-9_./-]+)\s*(?:(=|==|!=)\s*([A-Za-z0-9_.-]*)|\s+(in|notin)\s*\(([^)]*)\))?\s*$")
+MAX_SELECTOR_LEN = 4096  # longer is refused (400) before any parsing
+
+_IDENT = frozenset(string.ascii_letters + string.digits + "-_./")
+_NAME_INNER = frozenset(string.ascii_letters + string.digits + "-_.")
+_ALNUM = frozenset(string.ascii_letters + string.digits)
+
+Requirement = tuple[str, str, set[str]]  # (key, op, values); op: =, !=, in, notin, exists, !exists
 
 
-def parse_selector(text: str) -> list:
-    """Label selector requirements: `=`, `==`, `!=`, `in (...)`, `notin (...)`, `key`, `!key`."""
-    reqs = []
-    if not text:
+def _tokens(text: str) -> list[tuple[str, str]]:
+    """(kind, text) tokens in one left-to-right pass: id, op (= == !=), !, (, ), ",".
+    Every character is read once or twice, so the work is linear in the length."""
+    out: list[tuple[str, str]] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c in " \t\r\n":
+            i += 1
+        elif c in "(),":
+            out.append((c, c))
+            i += 1
+        elif c in "!=":
+            two = i + 1 < n and text[i + 1] == "="
+            op = c + "=" if two else c
+            out.append(("!" if op == "!" else "op", op))
+            i += 2 if two else 1
+        elif c in _IDENT:
+            j = i + 1
+            while j < n and text[j] in _IDENT:
+                j += 1
+            out.append(("id", text[i:j]))
+            i = j
+        else:
+            raise ValueError(f"invalid label selector: unexpected {c!r} at position {i}")
+    return out
+
+
+def _name_ok(name: str) -> bool:
+    """A label name or value: at most 63 of [A-Za-z0-9-_.], alphanumeric at both ends."""
+    return (len(name) <= 63 and (not name or (name[0] in _ALNUM and name[-1] in _ALNUM))
+            and all(c in _NAME_INNER for c in name))
+
+
+def _key(tok: tuple[str, str] | None) -> str:
+    if tok is None or tok[0] != "id":
+        found = repr(tok[1][:80]) if tok else "the end"
+        raise ValueError(f"invalid label selector: expected a label key, found {found}")
+    prefix, _, name = tok[1].rpartition("/")
+    if not name or not _name_ok(name) or (tok[1].count("/") and not is_dns1123_subdomain(prefix)):
+        raise ValueError(f"invalid label selector: bad label key {tok[1][:80]!r}")
+    return tok[1]
+
+
+def _value(tok: tuple[str, str]) -> str:
+    if not _name_ok(tok[1]):
+        raise ValueError(f"invalid label selector: bad label value {tok[1][:80]!r}")
+    return tok[1]
+
+
+class _Parser:
+    """Recursive descent over the tokens; each token is looked at a bounded number of times."""
+
+    def __init__(self, tokens: list[tuple[str, str]]) -> None:
+        self.toks = tokens
+        self.pos = 0
+
+    def peek(self) -> tuple[str, str] | None:
+        return self.toks[self.pos] if self.pos < len(self.toks) else None
+
+    def take(self, kind: str | None = None) -> tuple[str, str]:
+        tok = self.peek()
+        if tok is None or (kind is not None and tok[0] != kind):
+            found = repr(tok[1][:80]) if tok else "the end"
+            want = {"id": "a label value", None: "more"}.get(kind, repr(kind))
+            raise ValueError(f"invalid label selector: expected {want}, found {found}")
+        self.pos += 1
+        return tok
+
+    def selector(self) -> list[Requirement]:
+        reqs = [self.requirement()]
+        while self.peek() is not None:
+            self.take(",")
+            reqs.append(self.requirement())
         return reqs
-    parts, depth, cur = [], 0, ""
-    for ch in text:
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        if ch == "," and depth == 0:
-            parts.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    parts.append(cur)
-    for part in parts:
-        m = _REQ.match(part)
-        if not m:
-            raise ValueError(f"invalid label selector: {part!r}")
-        neg, key, op, val, setop, values = m.groups()
-        if op:
-            reqs.append((key, "!=" if op == "!=" else "=", {val}))
-        elif setop:
-            reqs.append((key, setop, {v.strip() for v in values.split(",") if v.strip()}))
-        else:
-            reqs.append((key, "!exists" if neg else "exists", set()))
-    return reqs
+
+    def requirement(self) -> Requirement:
+        if self.peek() == ("!", "!"):
+            self.pos += 1
+            key = _key(self.peek())
+            self.pos += 1
+            return (key, "!exists", set())
+        key = _key(self.peek())
+        self.pos += 1
+        tok = self.peek()
+        if tok is None or tok[0] == ",":
+            return (key, "exists", set())
+        if tok[0] == "op":
+            self.pos += 1
+            nxt = self.peek()
+            value = _value(self.take()) if nxt is not None and nxt[0] == "id" else ""
+            return (key, "!=" if tok[1] == "!=" else "=", {value})
+        if tok == ("id", "in") or tok == ("id", "notin"):
+            self.pos += 1
+            return (key, tok[1], self.values())
+        raise ValueError(f"invalid label selector: unexpected {tok[1][:80]!r} after {key[:80]!r}")
+
+    def values(self) -> set[str]:
+        self.take("(")
+        values = {_value(self.take("id"))}
+        while self.peek() == (",", ","):
+            self.pos += 1
+            values.add(_value(self.take("id")))
+        self.take(")")
+        return values
 
 
-def matches(labels: dict[str, str], reqs: list) -> bool:
+def parse_selector(text: str, max_len: int = MAX_SELECTOR_LEN) -> list[Requirement]:
+    """Label selector requirements: `=`, `==`, `!=`, `in (...)`, `notin (...)`, `key`, `!key`.
+    Linear time; longer than `max_len` characters is refused before parsing."""
+    if len(text) > max_len:
+        raise ValueError(f"label selector too long: {len(text)} characters (at most {max_len})")
+    tokens = _tokens(text)
+    return _Parser(tokens).selector() if tokens else []
+
+
+def matches(labels: dict[str, str], reqs: list[Requirement]) -> bool:
     for key, op, values in reqs:
         have = labels.get(key)
         if op == "=" and have not in values:
@@ -105,6 +203,11 @@ def matches(labels: dict[str, str], reqs: list) -> bool:
     return True
 
 
+def _status(code: int, reason: str, message: str) -> web.Response:
+    return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                              "message": message, "reason": reason, "code": code}, status=code)
+
+
 def add_routes(app: web.Application, loops, labels_for) -> None:
     base = f"/apis/{GROUP_VERSION}"
 
@@ -117,16 +220,15 @@ def add_routes(app: web.Application, loops, labels_for) -> None:
 
     async def values(request: web.Request) -> web.Response:
         metric, ns = request.match_info["metric"], request.match_info["ns"]
+        if not is_dns1123_label(ns):
+            return _status(400, "BadRequest", f"namespace {ns[:80]!r} is not a valid namespace name (a DNS-1123 label)")
         read = METRICS.get(metric)
         if read is None:
-            return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                                      "message": f"the server could not find the metric {metric} for namespace {ns}",
-                                      "reason": "NotFound", "code": 404}, status=404)
+            return _status(404, "NotFound", f"the server could not find the metric {metric[:80]} for namespace {ns}")
         try:
             reqs = parse_selector(request.query.get("labelSelector", ""))
         except ValueError as exc:
-            return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                                      "message": str(exc), "reason": "BadRequest", "code": 400}, status=400)
+            return _status(400, "BadRequest", str(exc))
         items = []
         for loop in loops:
             labels = labels_for(loop, ns)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import aiohttp
@@ -10,7 +11,14 @@ import pytest
 from aiohttp import web
 from kubernetes.utils import parse_quantity
 
-from autoscaler.external_metrics import add_routes, format_milli, matches, parse_selector, quantity
+from autoscaler.external_metrics import (
+    MAX_SELECTOR_LEN,
+    add_routes,
+    format_milli,
+    matches,
+    parse_selector,
+    quantity,
+)
 from autoscaler.loop import LastDecision
 
 
@@ -33,8 +41,64 @@ def test_selectors():
     assert matches(labels, parse_selector("deployment in (a, vllm),target"))
     assert matches(labels, parse_selector("deployment notin (a,b),!missing"))
     assert not matches(labels, parse_selector("missing"))
-    with pytest.raises(ValueError):
-        parse_selector("deployment===x")
+    assert matches(labels, parse_selector("deployment==vllm, example.com/tier notin (x)"))
+    assert parse_selector("") == []
+    for bad in ("deployment===x", "a in ()", "a in (b", "!a=b", "a=b c", "a b", "=x", "a=(", "a/=b", "a=b;c"):
+        with pytest.raises(ValueError, match="invalid label selector"):
+            parse_selector(bad)
+
+
+class CountingStr(str):
+    """A string that counts the characters read through it (indexing and slicing)."""
+
+    reads = 0
+
+    def __getitem__(self, key):
+        CountingStr.reads += 1
+        return str.__getitem__(self, key)
+
+
+# Shapes that made the old regex backtrack (quadratic): long runs of spaces between a key and
+# something that is not an operator, and long keys ending in garbage.
+ADVERSARIAL = [lambda n: "a" + " " * (n - 2) + "x", lambda n: "a" + " " * (n // 2) + "in" + " " * (n // 2 - 4) + "x",
+               lambda n: "a" * (n - 1) + "!", lambda n: "a in (" + "b," * ((n - 7) // 2) + "b)",
+               lambda n: ("k=v," * (n // 4))[:-1]]
+
+
+@pytest.mark.parametrize("make", ADVERSARIAL)
+def test_selector_parsing_reads_each_character_a_bounded_number_of_times(make):
+    for n in (512, MAX_SELECTOR_LEN):
+        text = CountingStr(make(n))
+        assert len(text) <= MAX_SELECTOR_LEN
+        CountingStr.reads = 0
+        with contextlib.suppress(ValueError):
+            parse_selector(text)
+        assert 0 < CountingStr.reads <= 3 * len(text) + 2, (n, CountingStr.reads)
+
+
+def _best_time(text: str, runs: int = 5) -> float:
+    best = float("inf")
+    for _ in range(runs):
+        started = time.perf_counter()
+        with contextlib.suppress(ValueError):
+            parse_selector(text)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+@pytest.mark.parametrize("make", ADVERSARIAL[:3])
+def test_selector_parsing_time_grows_linearly(make):
+    """Four times the length costs about four times the time (the old regex: sixteen)."""
+    small, large = _best_time(make(MAX_SELECTOR_LEN // 4)), _best_time(make(MAX_SELECTOR_LEN))
+    assert large < 0.05 and large < 10 * small + 0.002, (small, large)
+
+
+def test_a_selector_over_the_cap_is_refused_before_parsing():
+    text = CountingStr("a" + " " * 8190 + "x")  # 8 KB of the worst shape
+    CountingStr.reads = 0
+    with pytest.raises(ValueError, match=f"too long: 8192 characters \\(at most {MAX_SELECTOR_LEN}\\)"):
+        parse_selector(text)
+    assert CountingStr.reads == 0
 
 
 class _Loop:
@@ -74,3 +138,36 @@ def test_routes():
     assert sum(parse_quantity(i["value"]) for i in all_["items"]) == 8.5
     assert other_ns["items"] == []
     assert missing == 404
+
+
+def test_bad_namespaces_and_long_selectors_get_400_and_do_not_stall_the_server():
+    async def scenario():
+        app = web.Application()
+        add_routes(app, [_Loop("chat", 7.5)], lambda loop, ns: {"deployment": loop.name})
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        base = f"http://127.0.0.1:{port}/apis/external.metrics.k8s.io/v1beta1/namespaces"
+        out = {}
+        async with aiohttp.ClientSession() as s:
+            for ns in ("%2e%2e%2fx", "..%2F", "LLM", "a" * 64, "-llm"):
+                r = await s.get(f"{base}/{ns}/vllm_num_requests_waiting")
+                out[ns] = (r.status, (await r.json())["message"])
+            selector = "a" + " " * 6000 + "x"  # over the cap, the shape that stalled the old parser
+            started = time.monotonic()
+            answers = await asyncio.gather(*(s.get(f"{base}/llm/vllm_num_requests_waiting",
+                                                   params={"labelSelector": selector}) for _ in range(40)))
+            elapsed = time.monotonic() - started
+            bodies = [await r.json() for r in answers]
+        await runner.cleanup()
+        return out, [r.status for r in answers], bodies, elapsed
+
+    out, statuses, bodies, elapsed = asyncio.run(scenario())
+    for ns, (code, message) in out.items():
+        assert code == 400 and "not a valid namespace name" in message, ns
+    assert out["%2e%2e%2fx"][1].startswith("namespace '../x'")
+    assert statuses == [400] * 40
+    assert all("label selector too long" in b["message"] and b["reason"] == "BadRequest" for b in bodies)
+    assert elapsed < 3.0  # the old parser took 4.4 s for this; now it is request overhead only
