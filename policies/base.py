@@ -7,6 +7,7 @@ simulation, and the same sequence of signals always gives the same decisions.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -50,3 +51,10 @@ class Policy:
     def bounded(self, replicas: int) -> int:
         """Clamp to this policy's [min_replicas, max_replicas]."""
         return max(self.params.min_replicas, min(self.params.max_replicas, replicas))
+
+    def ceil_bounded(self, replicas: float, otherwise: int) -> int:
+        """`ceil(replicas)` clamped to [min_replicas, max_replicas]; `otherwise` when it is not a
+        finite number (a figure that should never have come in: hold, never guess)."""
+        if not math.isfinite(replicas):
+            return self.bounded(otherwise)
+        return self.bounded(math.ceil(replicas - 1e-6))

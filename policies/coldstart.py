@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 import numpy as np
@@ -34,7 +35,9 @@ class ColdStartEstimator:
                 started = self._starting.pop(r.name)
                 if r.state is ReplicaState.READY:
                     ready_at = r.ready_at if r.ready_at is not None else signals.time
-                    self.observations.append(max(0.0, ready_at - started))
+                    took = ready_at - started
+                    if math.isfinite(took):
+                        self.observations.append(max(0.0, took))
         # Replicas that vanished while starting were never timed.
         names = {r.name for r in signals.replicas}
         for name in [n for n in self._starting if n not in names]:

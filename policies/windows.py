@@ -5,6 +5,7 @@ Every helper takes the time as an argument; none reads a clock.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 
@@ -16,6 +17,9 @@ class TimedWindow:
         self._samples: deque[tuple[float, float]] = deque()
 
     def add(self, time: float, value: float) -> None:
+        """A non-finite time or value is refused: one NaN would poison every max and mean after it."""
+        if not (math.isfinite(time) and math.isfinite(value)):
+            return
         self._samples.append((time, value))
         self.evict(time)
 

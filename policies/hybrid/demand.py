@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 from policies.windows import TimedWindow, halflife_weight
@@ -47,6 +48,8 @@ class DemandTracker:
         self._range = TimedWindow(history_s)  # every bucket's max, until excesses exist
 
     def add(self, time: float, replicas: float, lead_s: float) -> None:
+        if not (math.isfinite(time) and math.isfinite(replicas) and replicas >= 0):
+            return  # a non-finite figure would stay in every window and quantile after it
         if self._last is not None and time <= self._last:
             return  # a clock that stepped back (or a repeated sample) teaches nothing
         if self._last is None:

@@ -8,6 +8,8 @@ changing mix with a half-life of `halflife_s`.
 
 from __future__ import annotations
 
+import math
+
 from policies.engine import EngineParams
 from policies.signals import Signals
 from policies.windows import halflife_weight
@@ -20,6 +22,8 @@ class _DecayedRatio:
         self.den = 0.0
 
     def add(self, keep: float, num: float, den: float) -> None:
+        if not (math.isfinite(num) and math.isfinite(den) and num >= 0 and den >= 0):
+            return  # a bad interval teaches nothing; it must not poison the mean for good
         self.num = keep * self.num + num
         self.den = keep * self.den + den
 

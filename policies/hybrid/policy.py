@@ -112,13 +112,13 @@ class HybridPolicy(Policy):
         backlog = self.backlog(s, cost, now, lead_s)
         floor = self.floor(s)
         want = max(float(floor), max(warm, now) + ahead + backlog)
-        raw = self.bounded(math.ceil(want - 1e-6))
+        raw = self.ceil_bounded(want, s.current_replicas)
         terms = {"now_replicas": now, "level_replicas": level, "warm_replicas": warm, "ahead_replicas": ahead,
                  "backlog_replicas": backlog, "floor": floor, "lead_time_s": lead_s,
                  "request_seconds": cost, "mean_prompt": self.mix.prompt.value,
                  "mean_output": self.mix.output.value, "kv_context": self.mix.context.value, "raw": raw}
         # A backlog is transient by nature: what it orders is not kept through the stabilization.
-        self._needed.add(s.time, self.bounded(math.ceil(want - backlog - 1e-6)))
+        self._needed.add(s.time, self.ceil_bounded(want - backlog, s.current_replicas))
         current = s.current_replicas
         if raw > current:
             return Decision(raw, f"scale up for {self._why(warm + ahead, now, backlog, floor)}", terms)
