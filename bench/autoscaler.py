@@ -49,23 +49,27 @@ async def serve_pods(base_port: int, pods: int) -> None:
     await asyncio.Event().wait()
 
 
-class StaticDiscovery:
+class StaticBackend:
+    """A fixed set of pods; scale writes are only remembered (the loop runs in shadow mode anyway)."""
+
     def __init__(self, pods):
         self._pods = pods
+        self.n = len(pods)
+
+    async def start(self):
+        return None
 
     async def pods(self):
         return self._pods
 
-
-class NullScaler:
-    def __init__(self, n):
-        self.n = n
-
     async def current_replicas(self):
         return self.n
 
-    async def set_replicas(self, replicas, reason):
+    async def set_replicas(self, replicas, reason, remove_first=()):
         self.n = replicas
+
+    def router_waiting(self):
+        return 0.0
 
     async def close(self):
         return None
@@ -83,8 +87,8 @@ async def cycles(base_port: int, pods: int, count: int) -> list[float]:
     plist = [Pod(f"pod-{i}", ReplicaState.READY, now - 600, f"http://127.0.0.1:{base_port + i}/metrics", now - 500)
              for i in range(pods)]
     loop = TargetLoop("bench", registry.create("hybrid", max_replicas=2000), ScaleLimits(max_replicas=2000),
-                      OutageRules(), StaticDiscovery(plist), ScrapeSource("tiny-llama", timeout_s=5),
-                      NullScaler(pods), Telemetry(), shadow=True)
+                      OutageRules(), StaticBackend(plist), ScrapeSource("tiny-llama", timeout_s=5),
+                      Telemetry(), shadow=True)
     times = []
     for _ in range(count):
         t0 = time.perf_counter()
