@@ -1,10 +1,13 @@
-"""Start and stop servers for tests: free ports, waiting for readiness, clean shutdown."""
+"""Start and stop servers for tests: free ports, waiting for readiness, clean shutdown.
+
+Every process a test starts goes through `server.procs.spawn` (own process group, dies with
+pytest) and is stopped with `stop_tree` (the whole group), so nothing outlives the test.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -12,7 +15,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+from server.procs import spawn, stop_tree
+
 ROOT = Path(__file__).resolve().parents[1]
+STOP_GRACE_S = 5.0  # SIGTERM first (a `qscale run` stops its replicas), then SIGKILL
 
 
 def free_port() -> int:
@@ -46,19 +52,25 @@ def wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None) 
 
 
 @contextlib.contextmanager
-def qscale_process(*args: str, env: dict | None = None):
-    proc = subprocess.Popen([sys.executable, "-m", "qscale.cli", *args], cwd=ROOT,
-                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+def qscale_process(*args: str, env: dict | None = None, grace_s: float = STOP_GRACE_S):
+    """`python -m qscale.cli ARGS` from the repository root; its whole process tree is stopped on exit."""
+    proc = spawn([sys.executable, "-m", "qscale.cli", *args], cwd=ROOT, env={**os.environ, **(env or {})},
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
+        stop_tree(proc, grace_s if proc.poll() is None else 0.0)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def qscale(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the CLI to completion from the repository root."""
-    return subprocess.run([sys.executable, "-m", "qscale.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    """Run the CLI to completion from the repository root (its process tree is stopped on timeout)."""
+    proc = spawn([sys.executable, "-m", "qscale.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                 stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        stop_tree(proc, 0.0)  # on timeout the whole tree; else the group's stragglers, if any
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
