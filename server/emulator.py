@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -25,11 +26,15 @@ from aiohttp import web
 
 from server.clock import AsyncioClock
 from server.metrics import VllmMetrics
+from server.procs import parent_gone
 from simulations.profile import PerformanceProfile
 from simulations.replica import ReplicaHooks, ReplicaModel
 from simulations.request import Request
 
-STREAM_POLL_S = 0.02  # how often a stream checks for new tokens
+STREAM_POLL_S = 0.02  # how often a stream checks for new tokens (and for its client)
+DISCONNECT_POLL_S = 0.1  # how often a non-streamed request checks that its client is still there
+SHUTDOWN_TIMEOUT_S = 1.0  # after the drain, how long the runner waits for handlers still running
+LINGER_S = 1.0  # after answering a request whose body never came (408), how long to read its rest
 
 
 @dataclass
@@ -46,6 +51,7 @@ class EmulatorConfig:
     model_name: str = "emulated/llama-3-8b"
     cold_start_s: float = 0.0
     drain_grace_s: float = 30.0
+    read_timeout_s: float = 30.0  # headers (from connect or the last response) and body, each
     legacy_metric_names: bool = False
     default_max_tokens: int = 16
     extra: dict = field(default_factory=dict)
@@ -89,6 +95,15 @@ class EmulatedServer:
         app.router.add_get("/metrics", self.metrics_handler)
         app.router.add_get("/version", self.version)
         return app
+
+    def make_runner(self) -> web.AppRunner:
+        """An AppRunner for `build_app()` with the read timeout: a connection that has not sent a
+        whole request head within `read_timeout_s` (of connecting, or of its last response) is
+        closed (aiohttp's keep-alive timer also covers a half-sent head); the body has its own
+        `read_timeout_s` in the handler (408), then the connection closes within `LINGER_S`."""
+        return web.AppRunner(self.build_app(), access_log=None, handle_signals=False,
+                             keepalive_timeout=self.config.read_timeout_s, lingering_time=LINGER_S,
+                             shutdown_timeout=SHUTDOWN_TIMEOUT_S)
 
     @property
     def in_flight(self) -> int:
@@ -168,65 +183,110 @@ class EmulatedServer:
         if self.draining:
             return _error(503, "server is shutting down")
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error(400, "request body is not JSON")
-        if not isinstance(body, dict):
-            return _error(400, "request body must be a JSON object")
-        try:
-            prompt_tokens = _count_prompt(body, chat)
-            max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens")
-                             or self.config.default_max_tokens)
-        except (TypeError, ValueError) as exc:
-            return _error(400, str(exc))
-        if max_tokens < 1:
-            return _error(400, "max_tokens must be at least 1")
-        if prompt_tokens + max_tokens > self.config.profile.max_model_len:
-            return _error(400, f"This model's maximum context length is {self.config.profile.max_model_len} "
-                               f"tokens. However, you requested {prompt_tokens + max_tokens} tokens.")
+            body = await self._read_json(request)
+            prompt_tokens, max_tokens, stream = self._validate(body, chat)
+        except _HttpError as exc:
+            resp = _error(exc.status, str(exc))
+            if exc.status == 408:
+                resp.force_close()
+            return resp
         assert self.model is not None
         loop = asyncio.get_running_loop()
         rid = next(self._ids)
         req = Request(rid, self.model.clock.now, prompt_tokens, max_tokens)
         pending = _Pending(req, loop.create_future(), loop.create_future())
         self._pending[rid] = pending
-        self.model.submit(req)
-        stream = bool(body.get("stream"))
-        ident = f"{'chatcmpl' if chat else 'cmpl'}-{rid}"
         try:
+            self.model.submit(req)
+            if pending.done.done() and pending.done.exception() is not None:  # refused at once
+                return _error(400, str(pending.done.exception()))
+            ident = f"{'chatcmpl' if chat else 'cmpl'}-{rid}"
             if stream:
                 return await self._stream(request, pending, chat, ident, prompt_tokens)
-            await pending.done
-            return web.json_response(_full_response(chat, ident, self.config.model_name, req, prompt_tokens))
-        except ValueError as exc:
-            return _error(400, str(exc))
-        except (asyncio.CancelledError, ConnectionResetError):
-            # The client went away: abort it, as vLLM does.
-            if self.model.abort(req):
-                self.metrics.finished_by_reason["abort"] = self.metrics.finished_by_reason.get("abort", 0) + 1  # type: ignore[union-attr]
+            return await self._complete(request, pending, chat, ident, prompt_tokens)
+        except asyncio.CancelledError:  # the client went away (handler cancellation): abort, as vLLM does
+            self._abort(req)
             raise
         finally:
             self._pending.pop(rid, None)
 
+    async def _read_json(self, request: web.Request) -> object:
+        """The body as JSON; 408 if it does not arrive within the read timeout."""
+        try:
+            raw = await asyncio.wait_for(request.read(), self.config.read_timeout_s)
+        except TimeoutError:
+            raise _HttpError(408, "request body not received in time") from None
+        except web.HTTPRequestEntityTooLarge:
+            raise _HttpError(413, "request body too large") from None
+        try:
+            return json.loads(raw, parse_constant=_reject_constant)
+        except (ValueError, RecursionError):  # JSONDecodeError, bad UTF-8, NaN, ints over 4300 digits
+            raise _HttpError(400, "request body is not valid JSON") from None
+
+    def _validate(self, body: object, chat: bool) -> tuple[int, int, bool]:
+        """(prompt tokens, max tokens, stream) of a request body, or a 400."""
+        if not isinstance(body, dict):
+            raise _HttpError(400, "request body must be a JSON object")
+        try:
+            prompt_tokens = _count_prompt(body, chat)
+            max_tokens = _max_tokens(body, self.config.default_max_tokens, self.config.profile.max_model_len)
+        except ValueError as exc:
+            raise _HttpError(400, str(exc)) from None
+        stream = body.get("stream", False)
+        if stream is not None and not isinstance(stream, bool):
+            raise _HttpError(400, "stream must be a boolean")
+        limit = self.config.profile.max_model_len
+        if prompt_tokens + max_tokens > limit:
+            raise _HttpError(400, f"This model's maximum context length is {limit} tokens. However, you "
+                                  f"requested {prompt_tokens + max_tokens} tokens.")
+        return prompt_tokens, max_tokens, bool(stream)
+
+    def _abort(self, req: Request) -> None:
+        assert self.model is not None and self.metrics is not None
+        if self.model.abort(req):
+            self.metrics.finished_by_reason["abort"] = self.metrics.finished_by_reason.get("abort", 0) + 1
+
+    async def _complete(self, request: web.Request, p: _Pending, chat: bool, ident: str,
+                        prompt_tokens: int) -> web.StreamResponse:
+        while not p.done.done():
+            if not await _wait_or_gone(request, p.done, DISCONNECT_POLL_S):
+                self._abort(p.req)
+                return web.Response(status=499)  # nobody reads it: the connection is gone
+        if p.done.exception() is not None:
+            return _error(400, str(p.done.exception()))
+        return web.json_response(_full_response(chat, ident, self.config.model_name, p.req, prompt_tokens))
+
     async def _stream(self, request: web.Request, p: _Pending, chat: bool, ident: str,
                       prompt_tokens: int) -> web.StreamResponse:
+        """SSE. Everything was validated before the headers; a later failure ends the stream with
+        an error event and [DONE] (as vLLM does), never a second status line."""
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await resp.prepare(request)
-        await p.first
-        name = self.config.model_name
-        req = p.req
+        try:
+            await resp.prepare(request)
+            await self._stream_body(request, resp, p, chat, ident, prompt_tokens)
+        except ConnectionResetError:  # the client went away mid-stream
+            self._abort(p.req)
+        return resp
+
+    async def _stream_body(self, request: web.Request, resp: web.StreamResponse, p: _Pending, chat: bool,
+                           ident: str, prompt_tokens: int) -> None:
+        name, req = self.config.model_name, p.req
         while True:
+            if not await _wait_or_gone(request, p.done, STREAM_POLL_S):
+                self._abort(req)
+                return
+            if p.done.done() and p.done.exception() is not None:
+                await resp.write(_sse({"error": _error_info(500, str(p.done.exception()))}))
+                break
             produced = req.output if p.done.done() else self._generated(req)
             while p.tokens_sent < produced:
                 p.tokens_sent += 1
                 await resp.write(_sse(_chunk(chat, ident, name, p.tokens_sent, None)))
             if p.done.done():
+                await resp.write(_sse(_chunk(chat, ident, name, None, "length", req, prompt_tokens)))
                 break
-            await asyncio.wait([p.done], timeout=STREAM_POLL_S)
-        await resp.write(_sse(_chunk(chat, ident, name, None, "length", req, prompt_tokens)))
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
-        return resp
 
     def _generated(self, req: Request) -> int:
         """Tokens the model has produced for `req` so far (decode progress included)."""
@@ -237,6 +297,45 @@ class EmulatedServer:
         return min(req.output, req.join_generated + (m.steps + m._segment_progress() - req.join_step))
 
 
+class _HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+async def _wait_or_gone(request: web.Request, fut: asyncio.Future, poll_s: float) -> bool:
+    """Wait up to `poll_s` for `fut` (or until it is done); False if the client has gone."""
+    if not fut.done():
+        await asyncio.wait([fut], timeout=poll_s)
+    return not _client_gone(request)
+
+
+def _max_tokens(body: dict, default: int, limit: int) -> int:
+    for key in ("max_tokens", "max_completion_tokens"):
+        value = body.get(key)
+        if value is None:
+            continue
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{key} must be an integer")
+        if value < 1:
+            raise ValueError(f"{key} must be at least 1")
+        if value > limit:
+            raise ValueError(f"{key} must be at most max_model_len ({limit})")
+        return value
+    return default
+
+
 def _count_prompt(body: dict, chat: bool) -> int:
     if chat:
         messages = body.get("messages")
@@ -244,7 +343,9 @@ def _count_prompt(body: dict, chat: bool) -> int:
             raise ValueError("messages must be a non-empty list")
         words = 0
         for m in messages:
-            content = m.get("content", "") if isinstance(m, dict) else ""
+            if not isinstance(m, dict):
+                raise ValueError("each message must be a JSON object")
+            content = m.get("content") or ""
             if isinstance(content, list):
                 content = " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
             words += len(str(content).split()) + 4  # role and template tokens
@@ -259,10 +360,18 @@ def _count_prompt(body: dict, chat: bool) -> int:
     return max(1, len(prompt.split()))
 
 
+ERROR_TYPES = {400: "BadRequestError", 408: "RequestTimeoutError", 413: "RequestEntityTooLargeError",
+               500: "InternalServerError", 503: "ServiceUnavailableError"}
+
+
+def _error_info(status: int, message: str) -> dict:
+    """vLLM's (and OpenAI's) error object; the message is one line."""
+    return {"message": " ".join(message.split()), "type": ERROR_TYPES.get(status, "Error"), "param": None,
+            "code": status}
+
+
 def _error(status: int, message: str) -> web.Response:
-    kind = {400: "BadRequestError", 503: "ServiceUnavailableError"}.get(status, "Error")
-    return web.json_response({"object": "error", "message": message, "type": kind, "param": None,
-                              "code": status}, status=status)
+    return web.json_response({"error": _error_info(status, message)}, status=status)
 
 
 def _sse(obj: dict) -> bytes:
@@ -294,28 +403,35 @@ def _full_response(chat: bool, ident: str, model: str, req: Request, prompt_toke
 
 async def serve_emulated(config: EmulatorConfig, host: str, ports: list[int],
                          ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> int:
-    """Run one emulated replica per port in this event loop until `stop` (or SIGTERM/SIGINT)."""
+    """Run one emulated replica per port in this event loop until `stop` (or SIGTERM/SIGINT).
+
+    Stopping drains (up to the grace period), unless our parent is gone: then no drain.
+    """
     import signal
 
-    servers = [EmulatedServer(config) for _ in ports]
-    runners = []
-    # Cold start: the "model" loads before the port is bound, so connections are refused.
-    if config.cold_start_s > 0:
-        await asyncio.sleep(config.cold_start_s)
-    for srv, port in zip(servers, ports, strict=True):
-        runner = web.AppRunner(srv.build_app(), access_log=None, handle_signals=False)
-        await runner.setup()
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
-        runners.append(runner)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    if ready is not None:
-        ready.set()
-    await stop.wait()
-    await asyncio.gather(*(s.drain() for s in servers))
-    for runner in runners:
-        await runner.cleanup()
+    # Cold start: the "model" loads before the port is bound, so connections are refused.
+    if config.cold_start_s > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), config.cold_start_s)
+    servers = [EmulatedServer(config) for _ in ports]
+    runners = []
+    try:
+        if not stop.is_set():
+            for srv, port in zip(servers, ports, strict=True):
+                runners.append(runner := srv.make_runner())
+                await runner.setup()
+                await web.TCPSite(runner, host, port, reuse_address=True).start()
+            if ready is not None:
+                ready.set()
+            await stop.wait()
+            if not parent_gone():
+                await asyncio.gather(*(s.drain() for s in servers))
+    finally:
+        for runner in runners:
+            await runner.cleanup()
     return 0

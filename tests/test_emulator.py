@@ -37,7 +37,7 @@ async def _with_server(fn, **config):
     srv = EmulatedServer(EmulatorConfig(profile=config.pop("profile", H100), **config))
     from aiohttp import web
 
-    runner = web.AppRunner(srv.build_app())
+    runner = srv.make_runner()
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -140,7 +140,7 @@ def test_streaming_chat_and_errors():
     tokens = [json.loads(ln[5:])["choices"][0]["delta"].get("content") for ln in lines[:-1]]
     assert sum(1 for t in tokens if t) == 5
     assert bad == 400
-    assert too_long[0] == 400 and "maximum context length" in too_long[1]["message"]
+    assert too_long[0] == 400 and "maximum context length" in too_long[1]["error"]["message"]
     assert models["data"][0]["id"] == "m"
 
 
@@ -194,3 +194,167 @@ def test_sigterm_drains_in_flight_requests_then_exits_0():
     for body in results:
         assert body.rstrip().endswith("data: [DONE]")
         assert body.count('"text":" tok') == 250
+
+
+# --- input validation, streams, disconnects, read timeouts ----------------------------------
+
+
+async def _raw(base: str, request: bytes, read_s: float = 5.0) -> bytes:
+    """Send raw bytes on a fresh connection; everything the server sends until it closes."""
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request)
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(), read_s)
+    finally:
+        writer.close()
+
+
+def _post(path: str, body: bytes) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+
+
+ABSURD_MAX_TOKENS = ["1e400", "-1e400", "NaN", "Infinity", "-1", "0", "1.5", "1e20", '"10"', "true", "[5]",
+                     "1" + "0" * 5000, "99999999999999999999999999"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_absurd_max_tokens_get_a_one_line_400(stream):
+    async def body(srv, session, base):
+        out = []
+        for raw in ABSURD_MAX_TOKENS:
+            for path, rest in (("/v1/completions", '"prompt":"hi"'),
+                               ("/v1/chat/completions", '"messages":[{"role":"user","content":"hi"}]')):
+                payload = f'{{{rest},"max_tokens":{raw},"stream":{str(stream).lower()}}}'.encode()
+                async with session.post(f"{base}{path}", data=payload,
+                                        headers={"Content-Type": "application/json"}) as r:
+                    out.append((raw[:20], path, r.status, r.content_type, await r.text()))
+        return out
+
+    for raw, path, status, ctype, text in asyncio.run(_with_server(body)):
+        assert status == 400, (raw, path, status, text[:300])
+        assert ctype == "application/json", (raw, path, text[:300])
+        err = json.loads(text)["error"]
+        assert err["code"] == 400 and err["type"] == "BadRequestError"
+        assert "\n" not in err["message"] and "Traceback" not in text, err
+
+
+def test_integral_floats_and_max_completion_tokens_are_accepted():
+    async def body(srv, session, base):
+        async with session.post(f"{base}/v1/completions", json={"prompt": "hi", "max_tokens": 3.0}) as r:
+            a = await r.json()
+        async with session.post(f"{base}/v1/chat/completions", json={
+                "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 2}) as r:
+            b = await r.json()
+        return a, b
+
+    a, b = asyncio.run(_with_server(body))
+    assert a["usage"]["completion_tokens"] == 3 and b["usage"]["completion_tokens"] == 2
+
+
+def _pending_rid(srv) -> int:
+    return max(srv._pending)
+
+
+def test_a_stream_rejected_after_headers_ends_with_an_error_event_not_a_second_status_line():
+    profile = H100.model_copy(update={"max_num_seqs": 1})
+
+    async def body(srv, session, base):
+        hog = asyncio.create_task(session.post(f"{base}/v1/completions", json={"prompt": "x", "max_tokens": 300}))
+        await asyncio.sleep(0.2)
+        queued = asyncio.create_task(_raw(base, _post("/v1/completions", b'{"prompt":"x","max_tokens":5,"stream":true}')))
+        await asyncio.sleep(0.2)  # its headers are out; it waits for the slot
+        srv._on_rejected(srv._pending[_pending_rid(srv)].req, "the engine failed")
+        raw_queued = await queued
+        # And one rejected after some tokens went out.
+        mid = asyncio.create_task(_raw(base, _post("/v1/completions", b'{"prompt":"x","max_tokens":400,"stream":true}')))
+        (await hog).close()
+        await asyncio.sleep(0.5)
+        req = srv._pending[_pending_rid(srv)].req
+        srv.model.abort(req)
+        srv._on_rejected(req, "the engine failed")
+        return raw_queued, await mid
+
+    for raw in asyncio.run(_with_server(body, profile=profile)):
+        text = raw.decode()
+        assert text.count("HTTP/1.1") == 1, text[:500]
+        assert text.startswith("HTTP/1.1 200") and "text/event-stream" in text
+        events = [ln for ln in text.splitlines() if ln.startswith("data:")]
+        assert events[-1] == "data: [DONE]"
+        error = json.loads(events[-2][5:])["error"]
+        assert "the engine failed" in error["message"]
+        assert not any('"finish_reason":"length"' in e for e in events)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_goes_away_frees_its_slot(stream):
+    profile = H100.model_copy(update={"max_num_seqs": 1})
+
+    async def body(srv, session, base):
+        host, port = base.removeprefix("http://").split(":")
+        payload = json.dumps({"prompt": "x", "max_tokens": 3000, "stream": stream}).encode()
+        _, writer = await asyncio.open_connection(host, int(port))
+        writer.write(_post("/v1/completions", payload))
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        running_before = srv.model.num_running
+        writer.close()  # the client gives up
+        await asyncio.sleep(0.5)
+        t0 = time.perf_counter()
+        async with session.post(f"{base}/v1/completions", json={"prompt": "x", "max_tokens": 5}) as r:
+            await r.read()
+        return running_before, time.perf_counter() - t0, srv.metrics.finished_by_reason.get("abort", 0)
+
+    running_before, next_took, aborts = asyncio.run(_with_server(body, profile=profile))
+    assert running_before == 1
+    assert aborts == 1
+    assert next_took < 1.0  # the slot was free: 3000 tokens would have taken ~20 s
+
+
+def test_a_queued_stream_whose_client_goes_away_leaves_the_queue():
+    profile = H100.model_copy(update={"max_num_seqs": 1})
+
+    async def body(srv, session, base):
+        hog = asyncio.create_task(session.post(f"{base}/v1/completions", json={"prompt": "x", "max_tokens": 400}))
+        await asyncio.sleep(0.2)
+        host, port = base.removeprefix("http://").split(":")
+        _, writer = await asyncio.open_connection(host, int(port))
+        writer.write(_post("/v1/completions", b'{"prompt":"x","max_tokens":5,"stream":true}'))
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        waiting_before = srv.model.num_waiting
+        writer.close()
+        await asyncio.sleep(0.3)
+        waiting_after = srv.model.num_waiting
+        (await hog).close()
+        return waiting_before, waiting_after
+
+    assert asyncio.run(_with_server(body, profile=profile)) == (1, 0)
+
+
+def test_half_sent_requests_are_dropped_after_the_read_timeout():
+    async def body(srv, session, base):
+        host, port = base.removeprefix("http://").split(":")
+        conns = []
+        for i in range(60):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            if i % 3 == 0:
+                writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Le")  # half a head
+            elif i % 3 == 1:
+                writer.write(_post("/v1/completions", b'{"prompt":"x","max_tokens":5}')[:-10])  # half a body
+            conns.append((reader, writer))  # (and a third that sends nothing)
+        t0 = time.perf_counter()
+        replies = await asyncio.gather(*(asyncio.wait_for(r.read(), 5.0) for r, _ in conns))
+        took = time.perf_counter() - t0
+        for _, w in conns:
+            w.close()
+        async with session.get(f"{base}/health") as r:
+            healthy = r.status
+        return replies, took, healthy
+
+    replies, took, healthy = asyncio.run(_with_server(body, read_timeout_s=0.5))
+    assert took < 3.0  # all 60 closed by the server, none held
+    assert all(b"408" in r.split(b"\r\n", 1)[0] for r in replies[1::3]), replies[1]
+    assert healthy == 200
