@@ -358,3 +358,37 @@ def test_half_sent_requests_are_dropped_after_the_read_timeout():
     assert took < 3.0  # all 60 closed by the server, none held
     assert all(b"408" in r.split(b"\r\n", 1)[0] for r in replies[1::3]), replies[1]
     assert healthy == 200
+
+
+# --- `qscale serve` flags -------------------------------------------------------------------
+
+BAD_SERVE_FLAGS = [
+    ["--max-num-seqs", "0"], ["--max-num-seqs", "-1"], ["--max-num-seqs", "nan"], ["--max-num-seqs", "1e3"],
+    ["--max-num-batched-tokens", "0"], ["--max-model-len", "0"], ["--max-model-len", "10000000000000"],
+    ["--max-model-len", "100000000"],  # more than the KV cache holds
+    ["--cold-start", "nan"], ["--cold-start", "inf"], ["--cold-start", "-1"], ["--cold-start", "1e12"],
+    ["--drain-grace", "nan"], ["--drain-grace", "inf"], ["--drain-grace", "-0.5"],
+    ["--read-timeout", "0"], ["--read-timeout", "nan"], ["--read-timeout", "inf"],
+    ["--port", "0"], ["--port", "70000"], ["--replicas", "0"], ["--replicas", "100000"],
+    ["--engine", "vllm", "--replicas", "2"], ["--engine", "vllm", "--max-num-seqs", "0"],
+    ["--profile", "no-such-profile"],
+]
+
+
+@pytest.fixture
+def nothing_may_start(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("serving started: the flags should have been refused first")
+
+    monkeypatch.setattr("server.emulator.serve_emulated", refuse)
+    monkeypatch.setattr("server.launcher.launch_vllm", refuse)
+    monkeypatch.setattr("server.procs.die_with_parent", refuse)
+
+
+@pytest.mark.parametrize("flags", BAD_SERVE_FLAGS, ids=lambda f: " ".join(f))
+def test_bad_serve_flags_get_one_line_and_exit_2(capsys, nothing_may_start, flags):
+    from qscale.cli import main
+
+    assert main(["serve", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("qscale: error: ") and err.count("\n") == 1, err
