@@ -3,9 +3,13 @@
 Every `duration / 3` seconds each instance reads the Lease: the holder renews it; another
 instance takes it over only once `renewTime + leaseDurationSeconds` has passed. Writes use
 the Lease's resourceVersion, so two candidates racing for it cannot both win (one gets
-409). An instance that cannot renew stops considering itself leader once its own lease
-would have expired. The standby keeps running its loops (windows stay warm) but never
-writes, so a takeover acts on full history.
+409). An instance that cannot renew stops considering itself leader at its renew deadline,
+two thirds of the lease duration after its last successful renewal began - before any
+other instance may take the lease over (as client-go's RenewDeadline < LeaseDuration), so
+clock skew of up to a third of the duration cannot make two leaders. Each request times
+out after a renew period at most, so a hung API cannot stall the renewals. The standby
+keeps running its loops (windows stay warm) but never writes, so a takeover acts on full
+history.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class LeaseElector:
         self.name = name
         self.identity = identity or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
         self.duration_s = duration_s
+        self.timeout_s = min(5.0, duration_s / 3)  # per request: at most one renew period
         self._valid_until = 0.0
         self._stop = asyncio.Event()
         self.transitions_seen = 0
@@ -56,7 +61,7 @@ class LeaseElector:
         spec = {"holderIdentity": self.identity, "leaseDurationSeconds": int(self.duration_s),
                 "renewTime": _micro(now)}
         try:
-            lease = self.api.read_namespaced_lease(self.name, self.namespace)
+            lease = self.api.read_namespaced_lease(self.name, self.namespace, _request_timeout=self.timeout_s)
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -64,7 +69,7 @@ class LeaseElector:
                     "metadata": {"name": self.name, "namespace": self.namespace},
                     "spec": {**spec, "acquireTime": _micro(now), "leaseTransitions": 0}}
             try:
-                self.api.create_namespaced_lease(self.namespace, body)
+                self.api.create_namespaced_lease(self.namespace, body, _request_timeout=self.timeout_s)
                 return True
             except ApiException as exc2:
                 if exc2.status == 409:
@@ -88,7 +93,7 @@ class LeaseElector:
                              "resourceVersion": lease.metadata.resource_version},
                 "spec": new_spec}
         try:
-            self.api.replace_namespaced_lease(self.name, self.namespace, body)
+            self.api.replace_namespaced_lease(self.name, self.namespace, body, _request_timeout=self.timeout_s)
         except ApiException as exc:
             if exc.status == 409:
                 return False  # lost the race
@@ -103,7 +108,7 @@ class LeaseElector:
             started = time.monotonic()
             try:
                 if await asyncio.to_thread(self._try):
-                    self._valid_until = started + self.duration_s
+                    self._valid_until = started + self.duration_s * 2 / 3
             except Exception as exc:  # API down: keep leadership only until the lease would expire
                 log.warning("lease renewal failed", error=type(exc).__name__)
             with contextlib.suppress(TimeoutError):

@@ -326,21 +326,22 @@ class KubeDouble:
         d = self._deployment(request)
         return web.json_response(self._scale(d)) if d else self._not_found(request)
 
+    def _injected_error(self, d: FakeDeployment, code: int) -> web.Response:
+        reasons = {403: "Forbidden", 409: "Conflict", 429: "TooManyRequests", 500: "InternalError",
+                   503: "ServiceUnavailable"}
+        msg = (f'Operation cannot be fulfilled on deployments.apps "{d.name}": the object has been modified; '
+               "please apply your changes to the latest version and try again") if code == 409 else "injected"
+        resp = status(code, reasons.get(code, "Unknown"), msg, {"name": d.name, "group": "apps", "kind": "deployments"})
+        if code in (429, 503) and self.faults.retry_after is not None:
+            resp.headers["Retry-After"] = self.faults.retry_after
+        return resp
+
     async def write_scale(self, request: web.Request) -> web.Response:
         d = self._deployment(request)
         if d is None:
             return self._not_found(request)
         if self.faults.scale_write_errors:
-            code = self.faults.scale_write_errors.pop(0)
-            reasons = {403: "Forbidden", 409: "Conflict", 429: "TooManyRequests", 500: "InternalError",
-                       503: "ServiceUnavailable"}
-            msg = (f'Operation cannot be fulfilled on deployments.apps "{d.name}": the object has been modified; '
-                   "please apply your changes to the latest version and try again") if code == 409 else "injected"
-            resp = status(code, reasons.get(code, "Unknown"), msg,
-                          {"name": d.name, "group": "apps", "kind": "deployments"})
-            if code in (429, 503) and self.faults.retry_after is not None:
-                resp.headers["Retry-After"] = self.faults.retry_after
-            return resp
+            return self._injected_error(d, self.faults.scale_write_errors.pop(0))
         ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
         body = await request.json()
         if request.method == "PUT":

@@ -203,3 +203,31 @@ def test_watch_410_relists_and_keeps_state(kube):
     survivors = [n for n, p in after.items() if p.state is ReplicaState.READY]
     assert len(survivors) == 1 and after[survivors[0]].started_at == before[survivors[0]].started_at
     assert after[survivors[0]].ready_at == before[survivors[0]].ready_at  # state kept across the re-list
+
+
+# --- leader election while the API is down ----------------------------------------------------
+
+
+def test_a_leader_that_cannot_renew_steps_down_before_anyone_may_take_over(kube):
+    from autoscaler.kube.client import api_client
+    from autoscaler.leader import LeaseElector, _epoch
+
+    async def scenario():
+        elector = LeaseElector(api_client(f"http://127.0.0.1:{kube.port}"), NS, "qscale", "a", duration_s=3)
+        task = asyncio.ensure_future(elector.run())
+        try:
+            while not elector.is_leader():
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1.2)  # renewed at least once
+            kube.faults.api_down = True
+            renewed = _epoch(kube.leases[(NS, "qscale")]["spec"]["renewTime"])
+            while elector.is_leader():
+                await asyncio.sleep(0.02)
+            return renewed, time.time()
+        finally:
+            elector.stop()
+            await task
+
+    renewed, stepped_down = run(scenario(), limit_s=10)
+    # Another instance may take over at renewTime + 3 s; this one gave up a second earlier.
+    assert stepped_down <= renewed + 3 - 0.8, stepped_down - renewed
