@@ -72,6 +72,8 @@ class EndpointSliceWatch:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._resp: Any = None  # the open watch response, so close() can cut it
+        self._rv: str | None = None  # where the next watch resumes; None: LIST first
+        self._listed_rv: str | None = None  # the last LIST's resourceVersion
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -106,18 +108,19 @@ class EndpointSliceWatch:
 
     def _run(self) -> None:
         backoff = self.settings.min_backoff_s
-        rv: str | None = None
         while not self._stop.is_set():
             try:
-                if rv is None:
-                    rv = self._list()
-                rv = self._watch(rv)
+                if self._rv is None:
+                    self._rv = self._list()
+                self._watch(self._rv)
                 backoff = self.settings.min_backoff_s
             except ApiException as exc:
                 if exc.status == 410:
                     self.expired += 1
                     log.info("watch expired, re-listing", selector=self.selector, reason=exc.reason)
-                    rv = None
+                    if self._rv == self._listed_rv:  # expired at once after a LIST: do not spin
+                        backoff = self._failed("410 right after a LIST", backoff)
+                    self._rv = None
                     continue
                 backoff = self._failed(describe(exc), backoff)
             except Exception as exc:  # connection refused, timeouts, a cut stream
@@ -139,25 +142,30 @@ class EndpointSliceWatch:
             self._slices = slices
         self.relists += 1
         self.synced.set()
-        return str(listing.metadata.resource_version)
+        self._listed_rv = str(listing.metadata.resource_version)
+        return self._listed_rv
 
-    def _watch(self, rv: str) -> str:
-        """Apply events from `rv` until the stream ends; the last resourceVersion seen."""
+    def _watch(self, rv: str) -> None:
+        """Apply events from `rv` until the stream ends, keeping the resourceVersion reached
+        (events and BOOKMARKs), so a broken stream resumes where it was."""
         w = watch.Watch(return_type="V1EndpointSlice")  # _open hides the type from Watch
+        # The server ends the stream after timeout_s; a read timeout a little later only
+        # fires on a connection that died silently.
+        timeouts = (self.settings.request_timeout_s, self.settings.timeout_s + 15)
         for event in w.stream(self._open, self.namespace, label_selector=self.selector, resource_version=rv,
-                              allow_watch_bookmarks=True, timeout_seconds=self.settings.timeout_s):
+                              allow_watch_bookmarks=True, timeout_seconds=self.settings.timeout_s,
+                              _request_timeout=timeouts):
             if self._stop.is_set():
                 w.stop()
                 break
             kind, obj = event["type"], event["object"]
-            if kind not in ("ADDED", "MODIFIED", "DELETED"):
-                continue  # BOOKMARK: the client tracks its resourceVersion
-            with self._lock:
-                if kind == "DELETED":
-                    self._slices.pop(obj.metadata.name, None)
-                else:
-                    self._slices[obj.metadata.name] = obj
-        return str(w.resource_version or rv)
+            if kind in ("ADDED", "MODIFIED", "DELETED"):
+                with self._lock:
+                    if kind == "DELETED":
+                        self._slices.pop(obj.metadata.name, None)
+                    else:
+                        self._slices[obj.metadata.name] = obj
+            self._rv = str(w.resource_version or self._rv)
 
     def _open(self, *args: Any, **kwargs: Any) -> Any:
         """The LIST call, keeping the streaming response so close() can shut it."""
