@@ -23,22 +23,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from autoscaler.backends.kubernetes import KubernetesTarget
 from autoscaler.backends.local import LocalFleetConfig
 from policies import ScaleLimits
 from policies.control import OutageRules
 from policies.engine import with_engine
 from policies.errors import UserError
-
-
-class KubernetesTarget(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    namespace: str = "default"
-    deployment: str
-    service: str | None = None  # EndpointSlices of this Service (default: the deployment name)
-    metrics_port: int = Field(8000, gt=0, lt=65536)
-    metrics_path: str = "/metrics"
-    allow_other_owners: bool = False  # act even if an HPA or ScaledObject targets the deployment
-    api_url: str | None = None  # default: in-cluster config, else ~/.kube/config
 
 
 class PrometheusSource(BaseModel):

@@ -28,10 +28,10 @@ GROUP_VERSION = "external.metrics.k8s.io/v1beta1"
 
 # metric name -> how to read it from a LastDecision
 METRICS = {
-    "vllm_num_requests_waiting": lambda d: d.signals["waiting"],
-    "vllm_num_requests_running": lambda d: d.signals["running"],
-    "vllm_kv_cache_usage_perc": lambda d: d.signals["kv_cache_usage"],
-    "qscale_arrival_rate": lambda d: d.signals["arrival_rate"],
+    "vllm_num_requests_waiting": lambda d: d.signals.total_waiting,
+    "vllm_num_requests_running": lambda d: d.signals.total_running,
+    "vllm_kv_cache_usage_perc": lambda d: d.signals.mean_kv_cache_usage,
+    "qscale_arrival_rate": lambda d: d.signals.arrival_rate,
     "qscale_arrival_rate_forecast": lambda d: d.terms.get("forecast_rate"),
     "qscale_desired_replicas": lambda d: d.desired,
 }

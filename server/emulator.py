@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from server.clock import AsyncioClock
+from server.faults import fault_mode, faulty_metrics
 from server.metrics import VllmMetrics
 from server.procs import parent_gone
 from simulations.profile import PerformanceProfile
@@ -54,6 +55,7 @@ class EmulatorConfig:
     read_timeout_s: float = 30.0  # headers (from connect or the last response) and body, each
     legacy_metric_names: bool = False
     default_max_tokens: int = 16
+    fault_dir: str | None = None  # fault runs: /metrics shows the fault named in fault_dir/<port>
     extra: dict = field(default_factory=dict)
 
 
@@ -80,6 +82,7 @@ class EmulatedServer:
         self._ids = itertools.count()
         self._pending: dict[int, _Pending] = {}
         self._created = int(time.time())
+        self.port: int | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -171,6 +174,9 @@ class EmulatedServer:
         body = self.metrics.render(openmetrics)
         ctype = ("application/openmetrics-text; version=1.0.0; charset=utf-8" if openmetrics
                  else "text/plain; version=0.0.4; charset=utf-8")
+        mode = fault_mode(self.config.fault_dir, self.port)
+        if mode is not None:
+            return await faulty_metrics(request, mode, body, ctype)
         return web.Response(body=body, headers={"Content-Type": ctype})
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
@@ -423,6 +429,7 @@ async def serve_emulated(config: EmulatorConfig, host: str, ports: list[int],
     try:
         if not stop.is_set():
             for srv, port in zip(servers, ports, strict=True):
+                srv.port = port
                 runners.append(runner := srv.make_runner())
                 await runner.setup()
                 await web.TCPSite(runner, host, port, reuse_address=True).start()

@@ -20,6 +20,7 @@ from autoscaler.external_metrics import (
     quantity,
 )
 from autoscaler.loop import LastDecision
+from policies import Signals
 
 
 @pytest.mark.parametrize(("milli", "text"), [(0, "0"), (5, "5m"), (250, "250m"), (1000, "1"), (1500, "1500m"),
@@ -104,9 +105,11 @@ def test_a_selector_over_the_cap_is_refused_before_parsing():
 class _Loop:
     def __init__(self, name, waiting):
         self.name = name
+        signals = Signals(time=0.0, replicas=(), current_replicas=2, total_waiting=waiting, total_running=8,
+                          ready_replicas=2, starting_replicas=0, draining_replicas=0, mean_kv_cache_usage=0.5,
+                          arrival_rate=3.0, completion_rate=3.0, complete=True)
         self.last = LastDecision(time.time(), 2, 3, 3, "r", True, False, [], None, {"forecast_rate": 4.2},
-                                 {"waiting": waiting, "running": 8, "kv_cache_usage": 0.5, "arrival_rate": 3.0},
-                                 [], {})
+                                 signals, {})
 
 
 def test_routes():

@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-num-seqs", type=int, default=None)
     parser.add_argument("--max-num-batched-tokens", type=int, default=None)
     parser.add_argument("--max-model-len", type=int, default=None)
+    parser.add_argument("--fault-dir", default=None,
+                        help="emulated, fault runs: /metrics shows the fault named in FAULT_DIR/<port> (server/faults.py)")
     parser.add_argument("--tiny", action="store_true", help="vllm-cpu: build and serve a tiny local Llama")
     parser.add_argument("--model", default=None, help="vllm: model path or name to pass through")
     parser.add_argument("--model-dir", default=None, help="vllm-cpu --tiny: where to write the tiny model")
@@ -95,6 +97,7 @@ def _emulator_config(args: argparse.Namespace):
         drain_grace_s=args.drain_grace,
         read_timeout_s=args.read_timeout,
         legacy_metric_names=args.legacy_metric_names,
+        fault_dir=args.fault_dir,
     )
 
 
