@@ -13,6 +13,9 @@ Formats:
   with or without the v2 `Session ID`/`Elapsed time` columns; failed requests
   (`Response tokens` = 0) are kept as 1-token responses;
 * `generic`: `timestamp_s,input_tokens,output_tokens`.
+
+Every row is checked as it streams: timestamps finite and, across chunks, in order; token
+counts whole, in [0, 10M]. A bad row is a one-line error naming its line.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from policies.errors import UserError
+from simulations.traffic.limits import MAX_SPAN_S, MAX_TOKENS
 
 CHUNK_ROWS = 65_536
 
@@ -42,38 +47,115 @@ class TraceChunk:
         return len(self.arrival)
 
 
+class _Clock:
+    """Arrival seconds from a trace's first arrival, checked chunk by chunk: finite, in
+    order across chunks (rows within one chunk are sorted), spanning at most `MAX_SPAN_S`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.t0: float | None = None
+        self.last = -np.inf
+
+    def arrivals(self, times: np.ndarray, lines: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(arrival seconds, sorted), and the order that sorts the chunk's rows."""
+        _first_bad(self.path, lines, ~np.isfinite(times), "timestamp is not a finite number")
+        _first_bad(self.path, lines, times < self.last,
+                   "timestamp earlier than an earlier chunk's (rows must be in time order)")
+        order = np.argsort(times, kind="stable")
+        times = times[order]
+        if self.t0 is None:
+            self.t0 = float(times[0])
+        _first_bad(self.path, lines[order], times - self.t0 > MAX_SPAN_S,
+                   f"timestamp more than {MAX_SPAN_S:g} s after the first")
+        self.last = float(times[-1])
+        return times - self.t0, order
+
+
+def _first_bad(path: Path, lines: np.ndarray, bad: np.ndarray, what: str) -> None:
+    if bad.any():
+        raise UserError(f"{path}:{int(lines[int(np.argmax(bad))])}: {what}")
+
+
+def _tokens(path: Path, lines: np.ndarray, values: np.ndarray, name: str) -> np.ndarray:
+    """Token counts as int32, or a one-line error naming the first bad row."""
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(values) | (values < 0) | (values > MAX_TOKENS) | (values != np.floor(values))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise UserError(f"{path}:{int(lines[i])}: {name} must be a whole number of tokens "
+                        f"in [0, {MAX_TOKENS}], got {values[i]:g}")
+    return values.astype(np.int32)
+
+
 def _azure_times(col: list[str]) -> np.ndarray:
     cleaned = [s[:-6] if s.endswith("+00:00") else s.rstrip("Z") for s in col]
-    return np.array(cleaned, dtype="datetime64[us]").astype(np.int64) / 1e6
+    stamps = np.array(cleaned, dtype="datetime64[us]")
+    seconds = stamps.astype(np.int64) / 1e6
+    seconds[np.isnat(stamps)] = np.nan  # NaT would read as year -292277
+    return seconds
+
+
+def _parse(path: Path, lines: np.ndarray, col: list[str], parse: Callable[[list[str]], np.ndarray],
+           name: str) -> np.ndarray:
+    """Parse a column at once; on failure, find and name the first unreadable row."""
+    try:
+        return parse(col)
+    except ValueError:
+        for line, value in zip(lines, col, strict=True):
+            try:
+                parse([value])
+            except ValueError:
+                raise UserError(f"{path}:{int(line)}: unreadable {name} {value!r}") from None
+        raise
+
+
+def _floats(col: list[str]) -> np.ndarray:
+    return np.array(col, dtype=np.float64)
+
+
+class _Rows(Protocol):  # what `csv.reader` gives
+    line_num: int
+
+    def __iter__(self) -> Iterator[list[str]]: ...
+
+
+def _csv_rows(path: Path, reader: _Rows, width: int) -> Iterator[tuple[list[list[str]], np.ndarray]]:
+    """Batches of `CHUNK_ROWS` rows with their line numbers; blank rows skipped, every other
+    row must have the header's number of fields."""
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    for row in reader:
+        if not row:
+            continue
+        line = reader.line_num
+        if len(row) != width:
+            raise UserError(f"{path}:{line}: {len(row)} fields, the header has {width}")
+        rows.append(row)
+        lines.append(line)
+        if len(rows) == CHUNK_ROWS:
+            yield rows, np.array(lines)
+            rows, lines = [], []
+    if rows:
+        yield rows, np.array(lines)
 
 
 def _csv_chunks(
     path: Path, columns: dict[str, int], time_parser: Callable[[list[str]], np.ndarray]
 ) -> Iterator[TraceChunk]:
     """Stream a CSV in chunks of `CHUNK_ROWS`, picking `columns` (role -> index)."""
-    t0: float | None = None
+    clock = _Clock(path)
     with path.open(newline="") as f:
         reader = csv.reader(f)
-        next(reader)  # header
-        line = 1
-        while True:
-            rows = list(itertools.islice(reader, CHUNK_ROWS))
-            if not rows:
-                return
-            try:
-                cols = list(zip(*rows, strict=False))
-                times = time_parser(list(cols[columns["time"]]))
-                prompt = np.array(cols[columns["prompt"]], dtype=np.float64).astype(np.int32)
-                output = np.array(cols[columns["output"]], dtype=np.float64).astype(np.int32)
-            except (ValueError, IndexError) as exc:
-                raise UserError(
-                    f"{path}: unreadable row between lines {line + 1} and {line + len(rows)}: {exc}"
-                ) from None
-            line += len(rows)
-            if t0 is None:
-                t0 = float(times[0])
-            order = np.argsort(times, kind="stable")
-            yield TraceChunk(times[order] - t0, prompt[order], np.maximum(output[order], 1))
+        width = len(next(reader))
+        for rows, lines in _csv_rows(path, reader, width):
+            cols = list(zip(*rows, strict=True))
+            times = _parse(path, lines, list(cols[columns["time"]]), time_parser, "timestamp")
+            prompt = _tokens(path, lines, _parse(path, lines, list(cols[columns["prompt"]]), _floats,
+                                                 "input tokens"), "input tokens")
+            output = _tokens(path, lines, _parse(path, lines, list(cols[columns["output"]]), _floats,
+                                                 "output tokens"), "output tokens")
+            arrival, order = clock.arrivals(times, lines)
+            yield TraceChunk(arrival, prompt[order], np.maximum(output[order], 1))
 
 
 def _header_index(header: list[str], *names: str) -> int | None:
@@ -101,7 +183,7 @@ def read_burstgpt(path: Path) -> Iterator[TraceChunk]:
         "prompt": _header_index(header, "Request tokens"),
         "output": _header_index(header, "Response tokens"),
     }
-    return _csv_chunks(path, _require(path, cols), lambda c: np.array(c, dtype=np.float64))
+    return _csv_chunks(path, _require(path, cols), _floats)
 
 
 def read_generic(path: Path) -> Iterator[TraceChunk]:
@@ -111,42 +193,59 @@ def read_generic(path: Path) -> Iterator[TraceChunk]:
         "prompt": _header_index(header, "input_tokens"),
         "output": _header_index(header, "output_tokens"),
     }
-    return _csv_chunks(path, _require(path, cols), lambda c: np.array(c, dtype=np.float64))
+    return _csv_chunks(path, _require(path, cols), _floats)
+
+
+def _number(rec: dict, key: str) -> float:
+    value = rec[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{key} must be a number, got {value!r}")
+    return float(value)
+
+
+def _hash_ids(rec: dict) -> tuple[int, ...]:
+    ids = rec.get("hash_ids") or []
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ValueError("hash_ids must be a list of integers")
+    return tuple(ids)
+
+
+def _mooncake_record(text: str) -> tuple[float, float, float, tuple[int, ...]]:
+    rec = json.loads(text)
+    if not isinstance(rec, dict):
+        raise ValueError("not a JSON object")
+    return (_number(rec, "timestamp") / 1000.0, _number(rec, "input_length"), _number(rec, "output_length"),
+            _hash_ids(rec))
+
+
+def _mooncake_batch(path: Path, lines: list[str], first_line: int) -> tuple[list[tuple], list[int]]:
+    records, numbers = [], []
+    for line_no, text in enumerate(lines, first_line):
+        if not text.strip():
+            continue
+        try:
+            records.append(_mooncake_record(text))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{path}:{line_no}: not a Mooncake record: {exc}") from None
+        numbers.append(line_no)
+    return records, numbers
 
 
 def read_mooncake(path: Path) -> Iterator[TraceChunk]:
-    t0: float | None = None
+    clock = _Clock(path)
     with path.open() as f:
-        line_no = 0
-        while True:
-            lines = list(itertools.islice(f, CHUNK_ROWS))
-            if not lines:
-                return
-            times, prompts, outputs, hashes = [], [], [], []
-            for text in lines:
-                line_no += 1
-                if not text.strip():
-                    continue
-                try:
-                    rec = json.loads(text)
-                    times.append(float(rec["timestamp"]) / 1000.0)
-                    prompts.append(int(rec["input_length"]))
-                    outputs.append(int(rec["output_length"]))
-                    hashes.append(tuple(rec.get("hash_ids") or ()))
-                except (ValueError, KeyError, TypeError) as exc:
-                    raise UserError(f"{path}:{line_no}: not a Mooncake record: {exc}") from None
-            if not times:
+        line_no = 1
+        while lines := list(itertools.islice(f, CHUNK_ROWS)):
+            records, numbers = _mooncake_batch(path, lines, line_no)
+            line_no += len(lines)
+            if not records:
                 continue
-            arr = np.array(times)
-            if t0 is None:
-                t0 = float(arr[0])
-            order = np.argsort(arr, kind="stable")
-            yield TraceChunk(
-                arr[order] - t0,
-                np.array(prompts, dtype=np.int32)[order],
-                np.maximum(np.array(outputs, dtype=np.int32)[order], 1),
-                [hashes[i] for i in order],
-            )
+            times, prompts, outputs, hashes = zip(*records, strict=True)
+            at = np.array(numbers)
+            prompt = _tokens(path, at, np.array(prompts, dtype=np.float64), "input_length")
+            output = _tokens(path, at, np.array(outputs, dtype=np.float64), "output_length")
+            arrival, order = clock.arrivals(np.array(times, dtype=np.float64), at)
+            yield TraceChunk(arrival, prompt[order], np.maximum(output[order], 1), [hashes[i] for i in order])
 
 
 LOADERS: dict[str, Callable[[Path], Iterator[TraceChunk]]] = {
@@ -176,8 +275,11 @@ def detect_format(path: Path) -> str:
     """Name the trace format from the first line, or raise a one-line error."""
     if not path.is_file():
         raise UserError(f"trace file not found: {path}")
-    with path.open(errors="replace") as f:
-        first = f.readline().strip()
+    try:
+        with path.open(errors="replace") as f:
+            first = f.readline().strip()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if not first:
         raise UserError(f"{path}: empty file")
     if first.startswith("{"):
@@ -203,4 +305,14 @@ def detect_format(path: Path) -> str:
 
 def open_trace(path: str | Path) -> Iterator[TraceChunk]:
     p = Path(path)
-    return LOADERS[detect_format(p)](p)
+    return _readable(p, LOADERS[detect_format(p)])
+
+
+def _readable(path: Path, read: Callable[[Path], Iterator[TraceChunk]]) -> Iterator[TraceChunk]:
+    """The loader's chunks; undecodable text or a read failure is a one-line error."""
+    try:
+        yield from read(path)
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read: {exc.strerror or exc}") from None

@@ -7,20 +7,26 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from simulations.traffic.loaders import TraceChunk
+from policies.errors import UserError
+from simulations.traffic.loaders import CHUNK_ROWS, TraceChunk
 
 
 def time_slice(chunks: Iterator[TraceChunk], start_s: float, duration_s: float | None) -> Iterator[TraceChunk]:
-    """Keep arrivals in [start, start + duration), re-based to start at 0."""
+    """Keep arrivals in [start, start + duration), re-based to start at 0. A start past the
+    trace's last arrival is a one-line error saying where the trace ends."""
     end = math.inf if duration_s is None else start_s + duration_s
+    last: float | None = None
     for c in chunks:
         if len(c) == 0:
             continue
         if c.arrival[0] >= end:
             return
+        last = float(c.arrival[-1])
         keep = (c.arrival >= start_s) & (c.arrival < end)
         if keep.any():
             yield _take(c, keep, -start_s)
+    if last is not None and last < start_s:
+        raise UserError(f"the trace ends at {last:.2f} s, before the slice start {start_s:g} s")
 
 
 def _take(c: TraceChunk, select: np.ndarray, shift: float = 0.0) -> TraceChunk:
@@ -47,7 +53,7 @@ def scale_rate(
         return
     rng = np.random.default_rng(seed)
     carry: TraceChunk | None = None
-    for c in chunks:
+    for c in _pieces(chunks, max(1, int(CHUNK_ROWS // math.ceil(factor)))):
         copies = np.floor(factor) + (rng.random(len(c)) < factor - np.floor(factor))
         idx = np.repeat(np.arange(len(c)), copies.astype(np.int64))
         first = np.ones(len(idx), dtype=bool)
@@ -67,6 +73,16 @@ def scale_rate(
         carry = _take(scaled, ~ready)
     if carry is not None and len(carry):
         yield carry
+
+
+def _pieces(chunks: Iterator[TraceChunk], rows: int) -> Iterator[TraceChunk]:
+    """Chunks cut to at most `rows` rows, so a large factor keeps the copies' memory flat."""
+    for c in chunks:
+        if len(c) <= rows:
+            yield c
+            continue
+        for at in range(0, len(c), rows):
+            yield _take(c, np.arange(at, min(at + rows, len(c))))
 
 
 def _concat(a: TraceChunk, b: TraceChunk) -> TraceChunk:
