@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -29,9 +29,11 @@ _config_file: ContextVar[str | None] = ContextVar("qscale_config_file", default=
 
 
 class SimulationSettings(BaseModel):
-    slo_ttft_s: float = Field(2.0, gt=0)
-    tick_s: float = Field(2.0, gt=0)
-    gpu_hour_price: float = Field(2.5, ge=0)
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    slo_ttft_s: float = Field(2.0, gt=0, le=86_400)
+    tick_s: float = Field(2.0, ge=0.1, le=3600)  # the autoscaler's control period
+    gpu_hour_price: float = Field(2.5, ge=0, le=1e6)
 
 
 class QscaleSettings(BaseSettings):
@@ -59,18 +61,28 @@ class QscaleSettings(BaseSettings):
         return tuple(sources)
 
 
+def _check_file(path: Path) -> None:
+    """A settings file must exist, be UTF-8 YAML, and hold a mapping (or nothing)."""
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise UserError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
+    if data is not None and not isinstance(data, dict):
+        raise UserError(f"config file {path}: expected a mapping of settings, got {type(data).__name__}")
+
+
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> QscaleSettings:
     """Load settings; any problem becomes a one-line `UserError`."""
     if config_file is None and os.environ.get(CONFIG_FILE_ENV):
         config_file = os.environ[CONFIG_FILE_ENV]
     if config_file is not None:
-        path = Path(config_file)
-        if not path.is_file():
-            raise UserError(f"config file not found: {path}")
-        try:
-            yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise UserError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
+        _check_file(Path(config_file))
     token = _config_file.set(str(config_file) if config_file is not None else None)
     try:
         return QscaleSettings(**overrides)

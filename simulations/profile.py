@@ -26,6 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from policies.errors import UserError
 
+INT32_MAX = 2**31 - 1
+
 
 class PerformanceProfile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -33,15 +35,16 @@ class PerformanceProfile(BaseModel):
     name: str
     model: str = ""
     gpu: str = ""
-    base_s: float = Field(gt=0)
-    prefill_token_s: float = Field(ge=0)
-    decode_seq_s: float = Field(ge=0)
-    context_token_s: float = Field(ge=0)
-    block_size: int = Field(16, gt=0)
-    num_gpu_blocks: int = Field(gt=0)
-    max_num_seqs: int = Field(256, gt=0)
-    max_num_batched_tokens: int = Field(8192, gt=0)
-    max_model_len: int = Field(8192, gt=0)
+    # Upper bounds: a step over 10 s, or a count past int32, is a typo, not hardware.
+    base_s: float = Field(gt=0, le=10)
+    prefill_token_s: float = Field(ge=0, le=1)
+    decode_seq_s: float = Field(ge=0, le=1)
+    context_token_s: float = Field(ge=0, le=1)
+    block_size: int = Field(16, gt=0, le=INT32_MAX)
+    num_gpu_blocks: int = Field(gt=0, le=INT32_MAX)
+    max_num_seqs: int = Field(256, gt=0, le=INT32_MAX)
+    max_num_batched_tokens: int = Field(8192, gt=0, le=INT32_MAX)
+    max_model_len: int = Field(8192, gt=0, le=INT32_MAX)
 
     @model_validator(mode="after")
     def _kv_holds_one_full_request(self) -> PerformanceProfile:
@@ -110,17 +113,39 @@ BUILTIN = ("llama3-8b-h100", "llama3-8b-a100", "llama31-8b-128k-h100")
 
 
 def load_profile(name_or_path: str) -> PerformanceProfile:
-    """A built-in profile by name, or a YAML file by path."""
+    """A built-in profile by name, or a YAML file by path; any problem is a one-line `UserError`."""
+    data = _yaml_mapping(name_or_path, _profile_text(name_or_path))
+    try:
+        return PerformanceProfile(**data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "profile"
+        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        raise UserError(f"invalid profile {name_or_path}: {where}: {msg}") from None
+
+
+def _profile_text(name_or_path: str) -> str:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise UserError(f"profile file not found: {path}")
-        text = path.read_text()
-    elif name_or_path in BUILTIN:
-        text = resources.files("simulations.profiles").joinpath(f"{name_or_path}.yaml").read_text()
-    else:
-        raise UserError(f"unknown profile {name_or_path!r} (built-in: {', '.join(BUILTIN)}, or a YAML path)")
+        try:
+            return path.read_text()
+        except UnicodeDecodeError:
+            raise UserError(f"invalid profile {name_or_path}: not UTF-8 text") from None
+        except OSError as exc:
+            raise UserError(f"cannot read profile {name_or_path}: {exc.strerror or exc}") from None
+    if name_or_path in BUILTIN:
+        return resources.files("simulations.profiles").joinpath(f"{name_or_path}.yaml").read_text()
+    raise UserError(f"unknown profile {name_or_path!r} (built-in: {', '.join(BUILTIN)}, or a YAML path)")
+
+
+def _yaml_mapping(name: str, text: str) -> dict:
     try:
-        return PerformanceProfile(**yaml.safe_load(text))
-    except (ValidationError, TypeError, yaml.YAMLError) as exc:
-        raise UserError(f"invalid profile {name_or_path}: {str(exc).splitlines()[0]}") from None
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"invalid profile {name}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        got = "nothing" if data is None else type(data).__name__
+        raise UserError(f"invalid profile {name}: expected a mapping of fields, got {got}")
+    return data
