@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -14,6 +15,13 @@ from qscale.settings import load_settings
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # `--start -1e5` or `--rate-scale -inf` is a (bad) value, not an unknown option: let the
+        # flag's own check name what is wrong with it.
+        self._negative_number_matcher = re.compile(
+            r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+
     def error(self, message: str) -> None:  # one line, exit 2, as argparse does, minus the usage dump
         raise UserError(message)
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from qscale.commands.checks import text_file
+
 HELP = "run the autoscaler for the targets in a config file"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="autoscaler config YAML (see examples/)")
+    parser.add_argument("--config", required=True, type=text_file, help="autoscaler config YAML (see examples/)")
     parser.add_argument("--shadow", action="store_true", help="decide and publish, never write")
     parser.add_argument("--check", action="store_true", help="validate the config and exit")
 

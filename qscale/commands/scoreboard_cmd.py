@@ -3,42 +3,47 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 from policies.errors import UserError
+from qscale.commands.checks import distinct, folder, output_file, whole
 
 HELP = "run the policy scoreboard: hybrid and every baseline on a panel of traffic shapes"
 # The shared traces beside the checkout (../shared/traces from the repository root).
 DEFAULT_TRACES = Path(__file__).resolve().parents[2].parent / "shared" / "traces"
+MAX_WORKERS = 1024
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--traces", type=Path, default=DEFAULT_TRACES,
+    parser.add_argument("--traces", type=folder("traces folder"), default=DEFAULT_TRACES,
                         help=f"folder with the public traces (default {DEFAULT_TRACES})")
     parser.add_argument("--quick", action="store_true", help="small loads, one cold start, 10-minute slices")
     parser.add_argument("--only", action="append", default=[], metavar="TEXT",
                         help="run only cells whose name contains TEXT (repeat)")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
-    parser.add_argument("--json", type=Path, default=None, help="write every figure as JSON here")
-    parser.add_argument("--plot", type=Path, default=None, help="write SLO vs GPU-hours per cell (PNG)")
+    parser.add_argument("--workers", type=whole(1, MAX_WORKERS), default=None,
+                        help="processes (default: one per core; never more than the cells)")
+    parser.add_argument("--json", type=output_file(), default=None, help="write every figure as JSON here")
+    parser.add_argument("--plot", type=output_file(".png"), default=None,
+                        help="write SLO vs GPU-hours per cell (PNG)")
     parser.add_argument("--cells", action="store_true", help="also print every cell's rows")
 
 
 def _check(args: argparse.Namespace) -> None:
-    if not args.traces.is_dir():
+    if not args.traces.is_dir():  # the default (a given --traces is checked as it is parsed)
         raise UserError(f"traces folder not found: {args.traces} (give --traces, e.g. ../shared/traces)")
-    if args.workers is not None and args.workers < 1:
-        raise UserError("--workers must be at least 1")
-    if args.plot is not None and args.plot.suffix.lower() != ".png":
-        raise UserError(f"--plot writes a PNG: give a .png path, got {args.plot}")
-    for out in (args.json, args.plot):
-        if out is not None:
-            try:
-                out.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise UserError(f"cannot create output folder {out.parent}: {exc.strerror}") from None
+    distinct({"--json": args.json, "--plot": args.plot}, {})
+
+
+def _check_traces(cells: list) -> None:
+    """Every trace file the chosen cells replay is there and readable as a trace."""
+    from simulations.traffic import detect_format
+
+    for trace in dict.fromkeys(c.trace for c in cells):
+        if not trace.startswith("synthetic:"):
+            detect_format(Path(trace))
 
 
 def run(args: argparse.Namespace, settings) -> int:
@@ -57,13 +62,15 @@ def run(args: argparse.Namespace, settings) -> int:
         cells = [c for c in cells if any(text in c.name for text in args.only)]
         if not cells:
             raise UserError(f"no panel cell matches {args.only}")
+    _check_traces(cells)
     start = time.monotonic()
 
     def done(result, n: int, total: int) -> None:
         print(f"[{n:>2}/{total}] {result.cell.name:<28} {result.runs:>3} runs {result.wall_s:6.1f}s "
               f"({time.monotonic() - start:5.0f}s elapsed)", file=sys.stderr, flush=True)
 
-    results = run_panel(cells, args.workers, on_done=done)
+    workers = min(args.workers or os.cpu_count() or 1, len(cells))
+    results = run_panel(cells, workers, on_done=done)
     write_summary(results, sys.stdout)
     if args.cells:
         write_cells(results, sys.stdout)

@@ -1,0 +1,127 @@
+"""Argument checks shared by the subcommands, run while the command line is parsed (before any
+work): argparse `type=` functions for bounded numbers, and output paths tried for writing.
+
+A bad value becomes argparse's one-line `argument --flag: ...` error (exit 2 via the CLI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+from policies.errors import UserError
+
+DAY_S = 86_400.0
+
+
+def number(low: float | None = None, high: float | None = None, *, above: bool = False) -> Callable[[str], float]:
+    """A finite float in [low, high] (`above`: low itself excluded); None: no bound."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        _in_range(value, low, high, above)
+        return value
+
+    return parse
+
+
+def whole(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
+    """An integer in [low, high]; None: no bound."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        _in_range(value, low, high, above=False)
+        return value
+
+    return parse
+
+
+def _in_range(value: float, low: float | None, high: float | None, above: bool) -> None:
+    shown = f"{value:g}" if isinstance(value, float) else str(value)
+    if low is not None and (value < low or (above and value == low)):
+        if above:
+            bound = "be positive" if low == 0 else f"be above {low:g}"
+        else:
+            bound = "not be negative" if low == 0 else f"be at least {low:g}"
+        raise argparse.ArgumentTypeError(f"must {bound}, got {shown}")
+    if high is not None and value > high:
+        raise argparse.ArgumentTypeError(f"must be at most {high:g}, got {shown}")
+
+
+def output_file(suffix: str | None = None) -> Callable[[str], Path]:
+    """A file the command can write: not a folder, its folder created, opened once for
+    appending (so an unwritable place fails now, not after the run; nothing is truncated)."""
+
+    def parse(text: str) -> Path:
+        if not text:
+            raise argparse.ArgumentTypeError("expected a file path, got ''")
+        path = Path(text)
+        if suffix is not None and path.suffix.lower() != suffix:
+            raise argparse.ArgumentTypeError(f"expected a {suffix} path, got {text}")
+        if path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text} is a folder, expected a file")
+        _try_writing(path)
+        return path
+
+    return parse
+
+
+def _try_writing(path: Path) -> None:
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a"):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot write {path}: {exc.strerror or exc}") from None
+    if not existed:
+        path.unlink()
+
+
+def text_file(text: str) -> str:
+    """An existing file of UTF-8 text (read once here, so it fails now, in one line)."""
+    path = Path(text)
+    if not text or not path.is_file():
+        raise argparse.ArgumentTypeError(f"{'is a folder' if text and path.is_dir() else 'file not found'}: {text!r}")
+    try:
+        path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise argparse.ArgumentTypeError(f"{text} is not UTF-8 text") from None
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {text}: {exc.strerror or exc}") from None
+    return text
+
+
+def folder(what: str = "folder") -> Callable[[str], Path]:
+    """An existing folder; `what` names it in the error."""
+
+    def parse(text: str) -> Path:
+        if not text or not Path(text).is_dir():
+            raise argparse.ArgumentTypeError(f"{what} not found: {text!r}")
+        return Path(text)
+
+    return parse
+
+
+def distinct(outputs: dict[str, Path | None], inputs: dict[str, Path | None]) -> None:
+    """No two outputs are the same file, and no output overwrites an input."""
+    named: dict[Path, str] = {}
+    for flag, path in inputs.items():
+        if path is not None:
+            named.setdefault(path.resolve(), flag)
+    for flag, path in outputs.items():
+        if path is None:
+            continue
+        if path.resolve() in named:
+            raise UserError(f"{flag} {path} is also given to {named[path.resolve()]}")
+        named[path.resolve()] = flag
