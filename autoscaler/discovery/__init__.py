@@ -1,1 +1,0 @@
-"""Pod discovery: one module per backend behind `Discovery`."""

@@ -1,1 +1,0 @@
-"""Scalers: one module per backend behind `Scaler`."""
