@@ -47,15 +47,18 @@ def whole(low: int | None = None, high: int | None = None) -> Callable[[str], in
 
 
 def _in_range(value: float, low: float | None, high: float | None, above: bool) -> None:
-    shown = f"{value:g}" if isinstance(value, float) else str(value)
     if low is not None and (value < low or (above and value == low)):
         if above:
-            bound = "be positive" if low == 0 else f"be above {low:g}"
+            bound = "be positive" if low == 0 else f"be above {_shown(low)}"
         else:
-            bound = "not be negative" if low == 0 else f"be at least {low:g}"
-        raise argparse.ArgumentTypeError(f"must {bound}, got {shown}")
+            bound = "not be negative" if low == 0 else f"be at least {_shown(low)}"
+        raise argparse.ArgumentTypeError(f"must {bound}, got {_shown(value)}")
     if high is not None and value > high:
-        raise argparse.ArgumentTypeError(f"must be at most {high:g}, got {shown}")
+        raise argparse.ArgumentTypeError(f"must be at most {_shown(high)}, got {_shown(value)}")
+
+
+def _shown(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def output_file(suffix: str | None = None) -> Callable[[str], Path]:
