@@ -47,12 +47,12 @@ class Burst:
 
     low: float = 2.0
     high: float = 10.0
-    at_s: float = 4.0
+    at_s: float = 2.0
     until_s: float = 30.0
     duration_s: float = 32.0
-    fault_at_s: float = 12.0
+    fault_at_s: float = 14.0
     fault_for_s: float = 12.0  # metric faults last this long
-    output_mean: int = 60
+    output_mean: int = 100
     seed: int = 7
 
     @property
@@ -117,17 +117,18 @@ class Fleet:
               - name: demo
                 backend: local
                 policy: hybrid
-                params: {{min_replicas: 2, max_replicas: 6, default_cold_start_s: 2}}
+                params: {{min_replicas: 2, max_replicas: 6, default_cold_start_s: 2, demand_halflife_s: 2}}
                 limits: {{min_replicas: 2, max_replicas: 6}}
                 outage: {{fallback_after_s: 10, fallback_replicas: 2}}
                 local:
                   model_name: demo-model
-                  max_num_seqs: 8
+                  profile: llama3-8b-a100
+                  max_num_seqs: 2
                   cold_start_s: 1
                   drain_grace_s: 10
                   service_port: {self.svc}
                   base_port: {self.base}
-                  idle_timeout_s: 3
+                  idle_timeout_s: 60
                   restart_after_s: 8
                   extra_args: [--fault-dir, {self.fault_dir}]
         """))

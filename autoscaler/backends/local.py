@@ -4,8 +4,10 @@ Each replica is a child process (`qscale serve --engine emulated ...`, or real v
 its own loopback port (`autoscaler/local/replicas.py`: kept like a ReplicaSet keeps pods,
 probed for readiness and liveness, killed with its whole tree when this process dies).
 Clients send to the Service (`autoscaler/local/proxy.py`) on a stable port. Closing
-drains: the Service stops taking new connections, requests in flight finish (up to
-`drain_grace_s`), then the replicas get SIGTERM and are killed after the same grace.
+drains within `drain_grace_s`: the Service keeps answering a short while, then stops
+taking new connections; requests in flight finish; then the replicas get SIGTERM and are
+killed when the grace is over. The Service lives in this process: once it has exited,
+nothing answers on its port (a Kubernetes Service would outlive its autoscaler).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ class LocalFleetConfig(BaseModel):
     probe_timeout_s: float = Field(1.0, gt=0)
     failure_threshold: int = Field(2, gt=0, description="failed probes in a row that take a replica out of rotation")
     restart_after_s: float = Field(20.0, gt=0, description="a replica unhealthy this long is killed and replaced")
+    shutdown_linger_s: float = Field(5.0, ge=0, description="on shutdown, the Service keeps taking new requests "
+                                     "this long (at most half the drain grace) before it stops listening")
 
 
 def replica_command(c: LocalFleetConfig, port: int) -> list[str]:
@@ -107,9 +111,13 @@ class LocalBackend:
         return float(self.service.held)
 
     async def close(self) -> None:
-        """Drain: refuse new connections, let requests in flight finish, then stop the replicas."""
+        """Drain within `drain_grace_s`: while traffic flows the Service keeps answering for
+        `shutdown_linger_s`, then stops listening; requests in flight finish; then the replicas
+        get SIGTERM (and are killed when the grace is over)."""
         grace = self.config.drain_grace_s
         started = time.monotonic()
+        if self.service.in_flight:
+            await asyncio.sleep(min(self.config.shutdown_linger_s, grace / 2))
         await self.service.stop_listening()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.service.idle.wait(), timeout=grace)
