@@ -6,10 +6,19 @@ running against the wall clock; tokens are placeholders, the timing is not.
 * `POST /v1/completions`, `POST /v1/chat/completions` (streaming over SSE or not). The
   prompt's token count is its whitespace-separated word count (or `prompt` given as a list
   of token ids); the reply always generates `max_tokens` tokens (default 16).
+* Bad input (not JSON, NaN, `max_tokens` that is not an integer in 1..max_model_len, too
+  long a context) gets a 400 with vLLM's one-line error object `{"error": {...}}`, decided
+  before any header is sent. A stream that fails after its headers ends with an SSE error
+  event and `data: [DONE]`, never a second status line.
+* A client that goes away (streaming or not) has its request aborted at once, freeing its
+  batch slot, as vLLM does.
+* Read timeout (`read_timeout_s`, default 30 s): a connection that has not sent a whole
+  request head in that time is closed; a body not received in that time gets a 408.
 * `GET /v1/models`, `GET /health` (200, empty body), `GET /metrics` (vLLM names).
 * Cold start: the port is not bound until the "model" has loaded: connections are refused,
   as with real vLLM.
-* SIGTERM: new requests get 503, in-flight ones finish within the grace period, exit 0.
+* SIGTERM: new requests get 503, in-flight ones finish within the grace period, exit 0;
+  with our parent gone (`server.procs.parent_gone`), no drain.
 """
 
 from __future__ import annotations

@@ -96,12 +96,13 @@ def test_die_with_parent_kills_the_whole_tree_below_it():
         import subprocess, sys, time
         from server.procs import spawn
         child = spawn([sys.executable, "-c", '''
-        import signal, subprocess, time
+        import signal, subprocess, sys, time
         from server.procs import die_with_parent, spawn
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only die_with_parent may end it
         die_with_parent()
-        plain = subprocess.Popen(["python3", "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"])
-        own_group = spawn(["python3", "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"])
+        stubborn = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"]
+        plain = subprocess.Popen(stubborn)
+        own_group = spawn(stubborn)
         print(plain.pid, own_group.pid, flush=True)
         time.sleep(60)
         '''], stdout=subprocess.PIPE, text=True)
@@ -118,9 +119,9 @@ def test_die_with_parent_kills_the_whole_tree_below_it():
 
 
 TREE = """
-    import signal, subprocess, time
+    import signal, subprocess, sys, time
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a leader that ignores SIGTERM
-    kids = [subprocess.Popen(["python3", "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    kids = [subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
                               "time.sleep(60)"]), subprocess.Popen(["sleep", "60"])]
     grandkid = subprocess.Popen(["sh", "-c", "sleep 60 & echo $!; wait"], stdout=subprocess.PIPE, text=True)
     print(kids[0].pid, kids[1].pid, grandkid.pid, grandkid.stdout.readline().strip(), sep=chr(10), flush=True)
