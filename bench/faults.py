@@ -253,9 +253,9 @@ def _kill_and_restart(ctx: Context) -> None:
     ctx.stopped_at = time.monotonic()
     ctx.fleet.proc.wait()
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in old):
+    while time.monotonic() < deadline and any(_alive(p) for p in old):
         time.sleep(0.1)
-    orphans = [p for p in old if Path(f"/proc/{p}").exists()]
+    orphans = [p for p in old if _alive(p)]
     ctx.result.note = f"orphans 5 s after the kill: {len(orphans)}"
     ctx.fleet.start()
     ctx.restarted_at = time.monotonic()

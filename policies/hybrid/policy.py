@@ -135,6 +135,11 @@ class HybridPolicy(Policy):
     def _scale_down(self, s: Signals, raw: int, lead_s: float, terms: dict[str, float]) -> Decision:
         p = self.params
         current = s.current_replicas
+        if self._first_time is not None and s.time - self._first_time < p.min_history_s:
+            # Too little seen yet to know which bursts to expect: nothing goes, not even a replica
+            # still starting (it may be the replacement of one that failed, not an order).
+            terms.update(stabilized=current, cancel_starting=0, release_ready=0)
+            return Decision(current, "scale-down stabilizing: too little history", terms)
         # Replicas still starting serve nobody yet: cancel those not needed for a short while,
         # unless a queue is waiting for them.
         recent = int(self._needed.max_since(s.time - p.cancel_starting_after_s, raw))
@@ -143,8 +148,6 @@ class HybridPolicy(Policy):
         # Ready replicas: keep what was needed within the window, then a percentage per period.
         window = p.scale_down_stabilization_s if p.scale_down_stabilization_s is not None else lead_s
         stabilized = int(self._needed.max_since(s.time - window, raw))
-        if self._first_time is not None and s.time - self._first_time < p.min_history_s:
-            stabilized = current  # too little seen yet to know which bursts to expect
         self._removals.evict(s.time)
         allowed = max(1, math.floor(current * p.scale_down_percent / 100)) - int(self._removals.total())
         release = min(max(0, allowed), max(0, current - cancel - stabilized))
