@@ -27,6 +27,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_run(n: int) -> int:
+    """A port P with P..P+n-1 all free now (for `qscale serve --replicas n`)."""
+    for _ in range(200):
+        base = free_port()
+        if base + n < 65536 and all(_bindable(base + i) for i in range(1, n)):
+            return base
+    raise RuntimeError(f"no run of {n} free ports")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:

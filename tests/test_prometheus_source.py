@@ -17,12 +17,12 @@ from autoscaler.config import PrometheusSource as PrometheusSettings
 from autoscaler.metrics.prometheus import PrometheusSource
 from autoscaler.metrics.scrape import ScrapeSource
 from policies import ReplicaState
-from tests.servers import free_port, qscale_process, wait_http
+from tests.servers import free_port, free_port_run, qscale_process, wait_http
 
 
 @pytest.fixture(scope="module")
 def replicas():
-    port = free_port()
+    port = free_port_run(2)
     with qscale_process("serve", "--port", str(port), "--replicas", "2", "--max-num-seqs", "2",
                         "--model-name", "m") as proc:
         wait_http(f"http://127.0.0.1:{port + 1}/health", 30, proc)

@@ -107,7 +107,10 @@ def test_the_families_the_autoscaler_reads_match(real_vllm, emulator):
     assert {s.labels["model_name"] for s in real["vllm:num_requests_running"].samples} == {"tiny-llama"}
 
 
-def _peak_waiting_under_burst(base: str, model: str, requests: int = 12, tokens: int = 400) -> float:
+def _peak_waiting_under_burst(base: str, model: str, requests: int = 16, tokens: int = 1200) -> float:
+    """Peak of `num_requests_waiting` while `requests` (4x max_num_seqs) long requests run. Long
+    enough (several seconds on real vLLM) that a /metrics answer delayed by a busy api server
+    (up to ~3 s was seen) still lands while the queue exists."""
     threads = [threading.Thread(target=_complete, args=(base, model, tokens)) for _ in range(requests)]
     for t in threads:
         t.start()
