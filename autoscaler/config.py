@@ -35,6 +35,7 @@ class PrometheusSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: str
     pod_label: str = "pod"
+    timeout_s: float = Field(2.0, gt=0, le=60, description="each query must answer within this")
     queries: dict[str, str] = {}  # override the PromQL per field
 
     @field_validator("queries")
@@ -102,8 +103,8 @@ class AutoscalerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     listen: str = Field("127.0.0.1:9090", pattern=r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]*):\d{1,5}$",
                         description="host:port of /metrics and the APIs")
-    tick_s: float = Field(2.0, gt=0, le=3600)
-    unhealthy_after_ticks: int = Field(5, gt=0, description="/healthz fails after this many ticks without one completing")
+    tick_s: float = Field(2.0, ge=0.1, le=3600)
+    unhealthy_after_ticks: int = Field(5, ge=2, description="/healthz fails after this many ticks without one completing")
     shadow: bool = False
     leader_election: bool = False
     lease_name: str = "qscale-leader"

@@ -97,6 +97,7 @@ class TargetLoop:
         self.failed_ticks = 0
         self.last_error: str | None = None
         self.last_tick_monotonic: float | None = None  # when a tick last completed
+        telemetry.watch(name)
 
     async def tick(self, now: float | None = None, may_write: bool = True) -> LastDecision:
         started = time.perf_counter()

@@ -52,4 +52,21 @@ class Telemetry:
         ):
             if value is not None and value >= 0:
                 gauge.labels(target).set(value)
-        self.decisions.labels(target, direction, outcome.guard or d.reason).inc()
+        # The label is the reason's kind ("fallback", "hold", "scale up for backlog"), never its
+        # figures: a reason with changing numbers would grow a new series every tick.
+        self.decisions.labels(target, direction, reason_kind(outcome.guard or d.reason)).inc()
+
+    def watch(self, target: str) -> None:
+        """Series that must exist from the start (an alert on increase() misses a first step from none)."""
+        self.tick_failures.labels(target)
+        self.scale_errors.labels(target)
+
+
+def reason_kind(reason: str) -> str:
+    """The part of a reason before its figures: up to the first ':' or digit."""
+    kind = reason.split(":", 1)[0]
+    for i, ch in enumerate(kind):
+        if ch.isdigit():
+            kind = kind[:i]
+            break
+    return kind.strip() or "other"

@@ -53,3 +53,23 @@ def test_unreadable_replicas_are_removed_first():
     order = removal_order(fleet, lambda r: r.started_at, lambda r: r.name, out.remove_first)
     # The unreadable one goes first, then one not ready yet, then the most recently ready.
     assert [r.name for r in order] == ["c", "s", "d", "a"]
+
+
+def test_a_kubernetes_pod_that_fails_readiness_after_being_ready_is_missing_data_not_a_start():
+    """Overloaded vLLM pods often fail /health. Reported as STARTING they vanished from the data
+    (not missing, no hold): with keda, 6 busy pods went 6 -> 4 when 5 of them turned not-ready.
+    Now they stay READY; unreadable, the control step holds."""
+    from autoscaler.kube.endpointslices import Endpoint
+    from autoscaler.kube.pods import PodTracker
+
+    tracker = PodTracker(8000)
+    ok = [Endpoint(f"p{i}", f"10.0.0.{i}", True, True, False) for i in range(6)]
+    tracker.pods(ok, 6, now=0.0)
+    flaky = ok[:1] + [Endpoint(e.name, e.ip, False, False, False) for e in ok[1:]]
+    pods = tracker.pods(flaky, 6, now=10.0)
+    assert all(p.state is ReplicaState.READY for p in pods) and len(pods) == 6
+    # And the control step holds when they cannot be read.
+    policy = registry.create("keda", min_replicas=1, max_replicas=10)
+    c = Controller(policy, ScaleLimits(min_replicas=1, max_replicas=10))
+    readings = [ready("p0", 1, 1)] + [missing(p.name) for p in pods[1:]]
+    assert c.step(30.0, readings, 6).desired >= 6

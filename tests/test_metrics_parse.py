@@ -76,8 +76,18 @@ vllm:num_requests_running 1.0
 
 
 def test_escaped_model_names():
-    text = 'vllm:num_requests_running{model_name="a\\"b",engine="0"} 4.0\nvllm:num_requests_waiting{engine="0",model_name="x"} 1.0\n'
-    assert parse_vllm_metrics(text, 'a"b').running == 4.0
+    text = ('vllm:num_requests_running{model_name="a\\"b",engine="0"} 4.0\nvllm:num_requests_waiting{engine="0",model_name="x"} 1.0\n'
+            'vllm:num_requests_waiting{engine="0",model_name="a\\"b"} 2.0\n')
+    s = parse_vllm_metrics(text, 'a"b')
+    assert s.running == 4.0 and s.waiting == 2.0
+
+
+def test_a_missing_gauge_makes_the_replica_unreadable():
+    """vLLM always exposes both gauges: one missing (or only under another model) would read as 0."""
+    for text in ('vllm:num_requests_running{model_name="m"} 4\n',
+                 'vllm:num_requests_running{model_name="m"} 4\nvllm:num_requests_waiting{model_name="x"} 9\n'):
+        with pytest.raises(MetricsParseError, match="num_requests_waiting"):
+            parse_vllm_metrics(text, "m")
 
 
 @pytest.mark.parametrize("body", ["", "<html>502 Bad Gateway</html>", "vllm:num_requests_running{engine=\"0\"",
@@ -110,6 +120,7 @@ def test_a_value_that_is_not_a_finite_count_makes_the_replica_unreadable(name, v
 def test_histogram_inf_buckets_are_not_values():
     """`le="+Inf"` is a label, not a value: a real histogram still parses."""
     body = ('# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting 1\n'
+            '# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running 0\n'
             '# TYPE vllm:request_queue_time_seconds histogram\n'
             'vllm:request_queue_time_seconds_bucket{le="+Inf"} 4\nvllm:request_queue_time_seconds_sum 2.5\n'
             'vllm:request_queue_time_seconds_count 4\n')

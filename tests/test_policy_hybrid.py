@@ -216,3 +216,17 @@ def test_a_nan_reading_does_not_blind_it():
         out.append(d.desired_replicas)
     # 90 req/s x ~60 ms per request (1,000 + 200 tokens on an H100) is over 5 replicas of work.
     assert out[-1] >= 6
+
+
+def test_no_replica_goes_while_a_queue_waits_for_one_still_starting():
+    """The fleet removes replicas not yet ready first, so a 'release one ready replica' with a queue
+    waiting cancelled the replica the queue was waiting for (3 -> 2 with 72 waiting, then back
+    to 3 four seconds later). Here demand is low, so the policy would release one, but a queue
+    of 4 waits."""
+    p = registry.create("hybrid", min_replicas=1, max_replicas=10, min_history_s=0, scale_down_stabilization_s=0)
+    feed = Feed()
+    wanted = []
+    for t in range(0, 40, 2):  # a quiet fleet of 3, one of them still starting, and a queue
+        rs = [ready("a", 2, 0), ready("b", 2, 0), starting("c", started_at=0.0)]
+        wanted.append(p.decide(feed(float(t), rs, current=3)).desired_replicas)
+    assert min(wanted) >= 3, wanted

@@ -45,7 +45,8 @@ class LocalFleetConfig(BaseModel):
     extra_args: list[str] = []
     hold_timeout_s: float = Field(120.0, gt=0, description="how long the Service holds a request with no ready replica")
     header_timeout_s: float = Field(300.0, gt=0, description="a replica must start its answer within this")
-    idle_timeout_s: float = Field(60.0, gt=0, description="a started answer may pause at most this long")
+    idle_timeout_s: float = Field(60.0, gt=0, description="once tokens flow, an answer may pause at most this long")
+    body_timeout_s: float = Field(30.0, gt=0, description="a request body must arrive within this")
     probe_interval_s: float = Field(1.0, gt=0, description="health probes of every replica, this often")
     probe_timeout_s: float = Field(1.0, gt=0)
     failure_threshold: int = Field(2, gt=0, description="failed probes in a row that take a replica out of rotation")
@@ -73,7 +74,8 @@ class LocalBackend:
         self.fleet = LocalReplicas(lambda port: replica_command(c, port), c.base_port, c.probe_timeout_s,
                                    c.failure_threshold, c.restart_after_s, c.drain_grace_s)
         self.service = ProxyService(self.fleet.serving, self.fleet.became_ready, self._saw_failure, c.host,
-                                    c.service_port, c.hold_timeout_s, c.header_timeout_s, c.idle_timeout_s)
+                                    c.service_port, c.hold_timeout_s, c.header_timeout_s, c.idle_timeout_s,
+                                    body_timeout_s=c.body_timeout_s)
         self._session: aiohttp.ClientSession | None = None
         self._prober: asyncio.Task | None = None
 
@@ -120,7 +122,7 @@ class LocalBackend:
             await asyncio.sleep(min(self.config.shutdown_linger_s, grace / 2))
         await self.service.stop_listening()
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.service.idle.wait(), timeout=grace)
+            await asyncio.wait_for(self.service.idle.wait(), timeout=max(0.0, grace - (time.monotonic() - started)))
         if self._prober is not None:
             self._prober.cancel()
         left = max(0.0, grace - (time.monotonic() - started))

@@ -1,7 +1,9 @@
 """The backend's Pods, from the Service's endpoints and the Deployment's status.replicas.
 
-* An endpoint maps to a pod: `terminating` -> DRAINING, `ready` -> READY, else STARTING.
-  Its metrics URL is set while it serves (READY, or DRAINING and still serving).
+* An endpoint maps to a pod: `terminating` -> DRAINING, `ready` -> READY, else STARTING,
+  except that a pod once ready stays READY when it fails its readiness probe (its data is
+  missing, it did not start again). Its metrics URL is set while it serves (READY, or
+  DRAINING and still serving).
 * Pods without an IP are in no slice. status.replicas says how many pods exist, so the
   difference is reported as STARTING placeholders (`pending-0`, ...): capacity already
   ordered counts as in flight. A placeholder's time is when that pending pod appeared.
@@ -56,6 +58,11 @@ class PodTracker:
         if e.name not in self._started:
             self._started[e.name] = handed.pop(0) if handed and not e.terminating else now
         state = _state(e)
+        if state is ReplicaState.STARTING and e.name in self._ready:
+            # It was ready: failing its readiness probe now (an overloaded server often does) is
+            # missing data about a replica that exists, not a new start. It stays READY and is
+            # scraped if it answers; if not, it reads as missing and the control step holds.
+            state = ReplicaState.READY
         if state is ReplicaState.READY:
             self._ready.setdefault(e.name, now)
         serving = state is ReplicaState.READY or (state is ReplicaState.DRAINING and e.serving)

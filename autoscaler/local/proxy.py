@@ -7,11 +7,13 @@ Like a Kubernetes Service with a gateway's manners:
 * a request not yet started (connection refused or reset, a replica answering 503 while
   it drains, no response headers within `header_timeout_s`) is retried on another
   replica, up to `attempts` replicas; the failed one leaves the rotation at once;
-* once the response has started, a replica that fails (connection lost, no data for
-  `idle_timeout_s`) ends the client's stream cleanly: a server-sent-events stream gets an
+* once the response has started, a replica that fails (connection lost, or no data for
+  `idle_timeout_s` once tokens flow: before the first token a wait is a queue, and a hung
+  replica is found by its health probes) ends the client's stream cleanly: a server-sent-events stream gets an
   error event and its end; any other body is cut (the connection closes), never a second
   status line inside a body;
-* a client that goes away cancels its upstream request, so the replica frees the slot.
+* a client that goes away cancels its upstream request, so the replica frees the slot; a
+  request body not received within `body_timeout_s` gets 408.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ class UpstreamNotStarted(Exception):
 class ProxyService:
     def __init__(self, serving: Callable[[], list[LocalReplica]], became_ready: asyncio.Event,
                  on_failure: Callable[[LocalReplica], None], host: str, port: int, hold_timeout_s: float,
-                 header_timeout_s: float, idle_timeout_s: float, attempts: int = 3) -> None:
+                 header_timeout_s: float, idle_timeout_s: float, attempts: int = 3,
+                 body_timeout_s: float = 30.0) -> None:
         self.serving = serving
         self.became_ready = became_ready
         self.on_failure = on_failure
@@ -50,6 +53,7 @@ class ProxyService:
         self.header_timeout_s = header_timeout_s
         self.idle_timeout_s = idle_timeout_s
         self.attempts = attempts
+        self.body_timeout_s = body_timeout_s
         self.held = 0  # requests waiting for a replica in rotation
         self.in_flight = 0
         self.idle = asyncio.Event()
@@ -99,7 +103,12 @@ class ProxyService:
                 self.idle.set()
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
+        try:
+            body = await asyncio.wait_for(request.read(), timeout=self.body_timeout_s)
+        except TimeoutError:
+            return web.json_response({"object": "error", "message": "request body not received in time",
+                                      "type": "RequestTimeout", "code": 408}, status=408,
+                                     headers={"Connection": "close"})
         headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED_HEADERS}
         tried: set[str] = set()
         deadline = time.monotonic() + self.hold_timeout_s
@@ -141,14 +150,17 @@ class ProxyService:
         if ctype:
             resp.headers["Content-Type"] = ctype
         await resp.prepare(request)
+        started = False  # before the first token a long wait is a queue, not a failure
         while True:
             try:
-                chunk = await asyncio.wait_for(upstream.content.readany(), timeout=self.idle_timeout_s)
+                wait = self.idle_timeout_s if started else None
+                chunk = await asyncio.wait_for(upstream.content.readany(), timeout=wait)
             except (aiohttp.ClientError, TimeoutError) as exc:
-                why = "no data" if isinstance(exc, TimeoutError) else type(exc).__name__
+                why = f"no data for {self.idle_timeout_s:.0f}s" if isinstance(exc, TimeoutError) else type(exc).__name__
                 self.on_failure(rep)
                 log.warning("upstream failed mid-response", replica=rep.name, why=why)
                 return await self._end_cut(request, resp, ctype, f"replica {rep.name} failed mid-response ({why})")
+            started = started or b"data:" in chunk or not ctype.startswith("text/event-stream")
             try:
                 await (resp.write(chunk) if chunk else resp.write_eof())
             except (ConnectionError, aiohttp.ClientConnectionResetError):

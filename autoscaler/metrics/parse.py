@@ -229,8 +229,10 @@ def _sums(text: str, model_name: str | None) -> tuple[dict[str, float], dict[str
         key = spec[0]
         sums[key] = sums.get(key, 0.0) + _value(name, raw)
         counts[key] = counts.get(key, 0) + 1
-    if "running" not in sums and "waiting" not in sums:
-        raise MetricsParseError("no vllm:num_requests_running or vllm:num_requests_waiting series")
+    for key in ("running", "waiting"):
+        if key not in sums:  # vLLM always has both: one missing would read as 0, low
+            raise MetricsParseError(f"no vllm:num_requests_{key} series"
+                                    + (f" for model {model_name}" if model_name else ""))
     return sums, counts
 
 

@@ -42,7 +42,8 @@ DEFAULT_QUERIES = {
 
 class PrometheusSource:
     def __init__(self, settings, model_name: str | None = None) -> None:
-        self.client = PrometheusConnect(url=settings.url, disable_ssl=True)
+        # A bounded answer time: a Prometheus that never answers must not hold the loop's threads.
+        self.client = PrometheusConnect(url=settings.url, disable_ssl=True, timeout=settings.timeout_s)
         self.pod_label = settings.pod_label
         sel = '{model_name="%s"}' % model_name.replace('"', '\\"') if model_name else ""  # noqa: UP031
         self.queries = {}
@@ -90,13 +91,11 @@ class PrometheusSource:
     def _figures(pod: str, by_field: dict) -> tuple[ReplicaFigures | None, float]:
         """The pod's figures (None without its running or waiting series) and their newest timestamp."""
         running, waiting = by_field["running"].get(pod), by_field["waiting"].get(pod)
-        if running is None and waiting is None:
-            return None, 0.0
+        if running is None or waiting is None:
+            return None, 0.0  # vLLM always has both: one missing would read low
         values = {field: rows[pod][1] for field, rows in by_field.items()
                   if not isinstance(rows, Exception) and pod in rows}
-        values.setdefault("running", 0.0)
-        values.setdefault("waiting", 0.0)
-        return ReplicaFigures(**values), max(v[0] for v in (running, waiting) if v)
+        return ReplicaFigures(**values), max(running[0], waiting[0])
 
     async def close(self) -> None:
         return None

@@ -151,6 +151,10 @@ class HybridPolicy(Policy):
         self._removals.evict(s.time)
         allowed = max(1, math.floor(current * p.scale_down_percent / 100)) - int(self._removals.total())
         release = min(max(0, allowed), max(0, current - cancel - stabilized))
+        if queue and s.starting_replicas:
+            # A fleet removes replicas not yet ready first (a ReplicaSet does): releasing a ready
+            # one now would cancel a starting one that the queue is waiting for.
+            release = 0
         terms.update(stabilized=stabilized, cancel_starting=cancel, release_ready=release)
         if cancel + release == 0:
             return Decision(current, "scale-down stabilizing", terms)
