@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -39,6 +40,8 @@ sys.path.insert(0, str(ROOT))
 from server.loadgen import replay  # noqa: E402
 from server.procs import descendants, spawn, stop_tree  # noqa: E402
 from simulations.traffic import load_traffic  # noqa: E402
+
+STUCK_TTFT_S = 8.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,9 @@ class FaultResult:
     healthy_after: bool = False
     leftover: list[int] = field(default_factory=list)
     outcomes: dict[str, int] = field(default_factory=dict)
+    stuck: int = 0  # sent 5 s after the fault or later, and no first token within STUCK_TTFT_S
+    drain_s: float | None = None  # SIGTERM to exit, when the autoscaler was stopped
+    exit_code: int | None = None
     note: str = ""
 
 
@@ -129,7 +135,7 @@ class Fleet:
                   service_port: {self.svc}
                   base_port: {self.base}
                   idle_timeout_s: 60
-                  restart_after_s: 8
+                  restart_after_s: 20
                   extra_args: [--fault-dir, {self.fault_dir}]
         """))
         self.proc: subprocess.Popen | None = None
@@ -240,6 +246,13 @@ def _stop_autoscaler(ctx: Context) -> None:
     ctx.fleet.replicas()
     ctx.fleet.proc.send_signal(signal.SIGTERM)
     ctx.stopped_at = time.monotonic()
+    threading.Thread(target=_note_exit, args=(ctx, ctx.fleet.proc), daemon=True).start()
+
+
+def _note_exit(ctx: Context, proc: subprocess.Popen) -> None:
+    ctx.result.exit_code = proc.wait()
+    assert ctx.stopped_at is not None
+    ctx.result.drain_s = round(time.monotonic() - ctx.stopped_at, 1)
 
 
 def _kill_and_restart(ctx: Context) -> None:
@@ -322,7 +335,13 @@ def _judge(ctx: Context, samples: list[tuple[float, dict]], records: list[dict],
         r.outcomes[key] = r.outcomes.get(key, 0) + 1
     down = (ctx.stopped_at - start if ctx.stopped_at is not None else float("inf"),
             ctx.restarted_at - start if ctx.restarted_at is not None else float("inf"))
-    r.refused_after_exit = sum(1 for x in records if x not in ok and down[0] <= float(x["sent_s"]) < down[1])
+    r.refused_after_exit = sum(1 for x in records if x.get("outcome") == "refused"
+                               and down[0] <= float(x["sent_s"]) < down[1])
+    # Sent once the fault had been seen (5 s on), yet waiting long for a first token: traffic
+    # still going to a replica that cannot serve it.
+    r.stuck = sum(1 for x in records if float(x["sent_s"]) >= b.fault_at_s + 5
+                  and (x.get("ttft_s") in ("", None) or float(x["ttft_s"]) > STUCK_TTFT_S)
+                  and x.get("outcome") != "refused")
     r.lost = r.sent - r.ok - r.refused_after_exit
     before = [s for t, s in samples if t <= b.fault_at_s]
     during = [s for t, s in samples if b.fault_at_s <= t <= b.until_s]
@@ -364,14 +383,20 @@ def run_fault(name: str, burst: Burst | None = None, workdir: Path | None = None
 
 
 def table(results: list[FaultResult]) -> str:
-    rows = ["| fault | sent | lost | allowed (in flight on the victim) | refused after exit | fleet before -> "
-            "least in burst | ticks after / failed | healthy | left over |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| fault | sent | lost | allowed (in flight on the victim) | stuck (no token in 8 s, sent 5 s after) "
+            "| refused after exit | fleet before -> least in burst | ticks after / failed | healthy after | left over |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        rows.append(f"| {r.fault} | {r.sent} | {r.lost} | {r.allowed_loss} | {r.refused_after_exit} | "
+        rows.append(f"| {r.fault} | {r.sent} | {r.lost} | {r.allowed_loss} | {r.stuck} | {r.refused_after_exit} | "
                     f"{r.fleet_before} -> {r.fleet_min_in_burst} | {r.ticks_after} / {r.failed_ticks} | "
-                    f"{'yes' if r.healthy_after else 'no'} | {len(r.leftover)} |")
+                    f"{_health(r)} | {len(r.leftover)} |")
     return "\n".join(rows)
+
+
+def _health(r: FaultResult) -> str:
+    if r.drain_s is not None:
+        return f"exited 0 after a {r.drain_s:.1f} s drain" if r.exit_code == 0 else f"exit {r.exit_code}"
+    return "yes" if r.healthy_after else "no"
 
 
 def main(argv: list[str] | None = None) -> int:

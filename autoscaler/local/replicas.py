@@ -3,7 +3,8 @@
 * `spec` is the count asked for; `reconcile` starts replicas (one per free loopback port)
   or removes them (unhealthy ones first, `policies/victims.py`) until the non-draining
   ones match it. A replica that exits on its own is replaced, as a ReplicaSet replaces a
-  pod, so a crash never shrinks the fleet.
+  pod, so a crash never shrinks the fleet; replicas that exit before ever being ready back
+  off (1, 2, 4 ... 60 s) and the log says why (their stderr's last line).
 * Health: every non-draining replica is probed (`GET /health`). STARTING becomes READY on
   its first 200 (readiness); a READY replica failing `failure_threshold` probes in a row
   (or that the Service saw fail) leaves the rotation; one unhealthy for `restart_after_s`
@@ -17,11 +18,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import structlog
@@ -43,6 +47,7 @@ class LocalReplica:
     ready_at: float | None = None
     failed_probes: int = 0
     unhealthy_since: float | None = None  # monotonic; None while healthy
+    stderr: Path | None = None  # where its stderr goes (its last line says why it exited)
 
     @property
     def url(self) -> str:
@@ -80,6 +85,9 @@ class LocalReplicas:
         self.stop_grace_s = stop_grace_s
         self.spec = 0
         self.replicas: list[LocalReplica] = []
+        self.crashes = 0  # replicas in a row that exited before they were ever ready
+        self.next_start = 0.0  # monotonic: no replacement starts before this (crash-loop back-off)
+        self._logs = Path(tempfile.mkdtemp(prefix="qscale-replicas-"))
         self.became_ready = asyncio.Event()
         self._ids = itertools.count(1)
         self._stopping: set[asyncio.Task] = set()
@@ -95,8 +103,9 @@ class LocalReplicas:
 
     def reconcile(self, remove_first: Collection[str] = ()) -> None:
         live = self.live()
-        for _ in range(self.spec - len(live)):
-            self._start_one()
+        if time.monotonic() >= self.next_start:
+            for _ in range(self.spec - len(live)):
+                self._start_one()
         unhealthy = set(remove_first) | {r.name for r in live if r.unhealthy_since is not None}
         order = removal_order(live, lambda r: r.started_at, lambda r: r.name, unhealthy)
         for rep in order[: max(0, len(live) - self.spec)]:
@@ -112,8 +121,10 @@ class LocalReplicas:
     def _start_one(self) -> LocalReplica:
         port = self._free_port()
         name = f"replica-{next(self._ids)}"
-        proc = spawn(self.command(port), env={**os.environ, "QSCALE_LOG_FORMAT": "json"})
-        rep = LocalReplica(name, port, proc, time.time())
+        stderr = self._logs / f"{name}.stderr"
+        with stderr.open("wb") as err:
+            proc = spawn(self.command(port), env={**os.environ, "QSCALE_LOG_FORMAT": "json"}, stderr=err)
+        rep = LocalReplica(name, port, proc, time.time(), stderr=stderr)
         self.replicas.append(rep)
         log.info("replica started", replica=name, port=port, pid=proc.pid)
         return rep
@@ -134,7 +145,7 @@ class LocalReplicas:
         for rep in list(self.replicas):
             if not rep.alive():
                 if rep.state is not ReplicaState.DRAINING:
-                    log.warning("replica exited", replica=rep.name, code=rep.proc.returncode)
+                    self._crashed(rep)
                 self.replicas.remove(rep)
         await asyncio.gather(*(self._probe(session, r) for r in self.live()))
         for rep in self.live():
@@ -143,6 +154,18 @@ class LocalReplicas:
                             unhealthy_s=round(time.monotonic() - rep.unhealthy_since, 1))
                 self._drain(rep)  # unhealthy: no grace, its group is killed
         self.reconcile()
+
+    def _crashed(self, rep: LocalReplica) -> None:
+        """A replica that exited on its own is replaced; one that never got ready backs off
+        (1, 2, 4 ... 60 s, like a kubelet's CrashLoopBackOff) and says why it exited."""
+        if rep.ready_at is None:
+            self.crashes += 1
+            backoff = min(60.0, 2.0 ** (self.crashes - 1))
+            self.next_start = time.monotonic() + backoff
+        else:
+            self.crashes, backoff = 0, 0.0
+        log.warning("replica exited", replica=rep.name, code=rep.proc.returncode, why=last_line(rep.stderr),
+                    restart_in_s=backoff)
 
     async def _probe(self, session: aiohttp.ClientSession, rep: LocalReplica) -> None:
         try:
@@ -158,6 +181,7 @@ class LocalReplicas:
 
     def _healthy(self, rep: LocalReplica) -> None:
         rep.failed_probes = 0
+        self.crashes = 0
         if rep.unhealthy_since is not None:
             log.info("replica healthy again", replica=rep.name)
             rep.unhealthy_since = None
@@ -186,3 +210,13 @@ class LocalReplicas:
         await asyncio.gather(*(stop_tree_async(r.proc, grace_s) for r in self.replicas), *self._stopping,
                              return_exceptions=True)
         self.replicas.clear()
+        shutil.rmtree(self._logs, ignore_errors=True)
+
+
+def last_line(path: Path | None) -> str:
+    """The last non-empty line of a replica's stderr (its one-line error), or ''."""
+    try:
+        lines = [x for x in path.read_text(errors="replace").splitlines() if x.strip()] if path else []
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
