@@ -371,7 +371,8 @@ BAD_SERVE_FLAGS = [
     ["--read-timeout", "0"], ["--read-timeout", "nan"], ["--read-timeout", "inf"],
     ["--port", "0"], ["--port", "70000"], ["--replicas", "0"], ["--replicas", "100000"],
     ["--engine", "vllm", "--replicas", "2"], ["--engine", "vllm", "--max-num-seqs", "0"],
-    ["--profile", "no-such-profile"],
+    ["--profile", "no-such-profile"], ["--model-name", ""], ["--model-name", "  "],
+    ["--fault-dir", "/no/such/folder"],
 ]
 
 

@@ -191,6 +191,7 @@ BAD_LOAD_FLAGS = [
     ["--max-prompt-tokens", "0"], ["--max-prompt-tokens", "-5"], ["--max-output-tokens", "0"],
     ["--max-output-tokens", "1e3"], ["--max-output-tokens", "100000000000"], ["--seed", "-1"],
     ["--url", "ftp://x"], ["--url", "http://"], ["--trace", "synthetic:nope"],
+    ["--url", "http://127.0.0.1:99999"], ["--url", "http://127.0.0.1:0"], ["--out", "/proc/x.csv"],
 ]
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import os
 from pathlib import Path
 from urllib.parse import urlparse
 
 from policies.errors import UserError
+from qscale.commands.checks import output_file
 
 HELP = "replay a trace open-loop against an OpenAI-compatible server, one CSV row per request"
 MAX_SECONDS = 1e8  # a span, start or timeout beyond this (about 3 years) is a typo
@@ -44,24 +44,27 @@ def _check_number(flag: str, value: float, low: float, high: float, low_inclusiv
 
 
 def _check_out(out: Path) -> None:
-    if out.is_dir():
-        raise UserError(f"--out {out} is a folder; give a CSV file path")
-    parent = out.parent
-    for folder in (parent, *parent.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise UserError(f"--out {out}: {folder} is not a folder")
-            if not os.access(folder, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
-                raise UserError(f"--out {out} is not writable")
-            return
+    """The one output-file check the other commands use: tried for writing now, not after the run."""
+    try:
+        output_file()(str(out))
+    except argparse.ArgumentTypeError as exc:
+        raise UserError(f"--out: {exc}") from None
+
+
+def _check_url(u: str) -> None:
+    parsed = urlparse(u)
+    try:
+        port = parsed.port
+    except ValueError:
+        port = -1
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or port == -1 or port == 0:
+        raise UserError(f"--url must be http(s)://host[:port] with a port in 1-65535, got {u!r}")
 
 
 def validate(args: argparse.Namespace) -> None:
     """Every flag, before anything is read or sent: a one-line UserError (exit 2) otherwise."""
     for u in args.url:
-        parsed = urlparse(u)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise UserError(f"--url must be http(s)://host:port, got {u!r}")
+        _check_url(u)
     _check_number("--duration", args.duration, 0, MAX_SECONDS, low_inclusive=False)
     _check_number("--start", args.start, 0, MAX_SECONDS, low_inclusive=True)
     _check_number("--rate-scale", args.rate_scale, 0, MAX_RATE_SCALE, low_inclusive=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 from policies.errors import UserError
 
@@ -55,6 +56,10 @@ def validate(args: argparse.Namespace) -> None:
         value = getattr(args, flag)
         if value is not None and not 1 <= value <= MAX_COUNT:
             raise UserError(f"--{flag.replace('_', '-')} must be 1..{MAX_COUNT}, got {value}")
+    if args.model_name is not None and not args.model_name.strip():
+        raise UserError("--model-name must not be empty")
+    if args.fault_dir is not None and not Path(args.fault_dir).is_dir():
+        raise UserError(f"--fault-dir {args.fault_dir}: not a folder")
 
 
 def run(args: argparse.Namespace, settings) -> int:
