@@ -128,6 +128,17 @@ def test_healthz_readyz(tmp_path):
         ("targets:\n  - name: a\n    backend: kubernetes\n", ["needs a 'kubernetes' section"]),
         ("tick_s: -1\nbogus: 1\ntargets:\n  - name: a\n", ["tick_s:", "bogus: unknown field"]),
         ("targets: [\n", ["not valid YAML"]),
+        ("tick_s: 1e-9\ntargets:\n  - name: a\n", ["tick_s:"]),
+        ("tick_s: .nan\ntargets:\n  - name: a\n", ["tick_s:"]),
+        ("unhealthy_after_ticks: 1\ntargets:\n  - name: a\n", ["unhealthy_after_ticks:"]),
+        ("listen: nowhere\ntargets:\n  - name: a\n", ["listen:"]),
+        ("listen: 127.0.0.1:99999\ntargets:\n  - name: a\n", ["listen:"]),
+        ("targets:\n  - name: a\n    local: {drain_grace_s: .inf}\n", ["targets.0.local.drain_grace_s:"]),
+        ("targets:\n  - name: a\n    local: {host: 0.0.0.0}\n", ["targets.0.local.host:"]),
+        ("targets:\n  - name: a\n    backend: kubernetes\n    kubernetes: {deployment: x, namespace: '../x'}\n",
+         ["targets.0.kubernetes.namespace:"]),
+        ("targets:\n  - name: a\n    metrics: prometheus\n    prometheus: {url: 'http://p', queries: {wait: x}}\n",
+         ["unknown query fields wait"]),
     ],
 )
 def test_bad_config_exits_2_with_one_line_per_problem(tmp_path, yaml_text, expected):
