@@ -131,7 +131,7 @@ class Fleet:
                   profile: llama3-8b-a100
                   max_num_seqs: 2
                   cold_start_s: 1
-                  drain_grace_s: 10
+                  drain_grace_s: 20
                   service_port: {self.svc}
                   base_port: {self.base}
                   idle_timeout_s: 60

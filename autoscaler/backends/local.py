@@ -52,7 +52,7 @@ class LocalFleetConfig(BaseModel):
     failure_threshold: int = Field(2, gt=0, description="failed probes in a row that take a replica out of rotation")
     restart_after_s: float = Field(20.0, gt=0, description="a replica unhealthy this long is killed and replaced")
     shutdown_linger_s: float = Field(5.0, ge=0, description="on shutdown, the Service keeps taking new requests "
-                                     "this long (at most half the drain grace) before it stops listening")
+                                     "this long (at most a quarter of the drain grace) before it stops listening")
 
 
 def replica_command(c: LocalFleetConfig, port: int) -> list[str]:
@@ -119,7 +119,7 @@ class LocalBackend:
         grace = self.config.drain_grace_s
         started = time.monotonic()
         if self.service.in_flight:
-            await asyncio.sleep(min(self.config.shutdown_linger_s, grace / 2))
+            await asyncio.sleep(min(self.config.shutdown_linger_s, grace / 4))
         await self.service.stop_listening()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.service.idle.wait(), timeout=max(0.0, grace - (time.monotonic() - started)))
