@@ -7,8 +7,9 @@ into one READY replica (or the autoscaler) at `fault_at_s`. Measured per run:
 
 * lost: requests not ok, and how many of them the fault allows (those in flight on a
   killed or hung replica, read from its /metrics just before the fault);
-* refused after exit: requests sent while the autoscaler itself was stopped (nothing
-  serves them: the local Service lives in the autoscaler process);
+* refused after exit: requests sent once the autoscaler was told to stop (or was killed)
+  and turned away whole: connection refused, closed before any answer, or the stopping
+  Service's 503 (the local Service lives in the autoscaler process);
 * the fleet (replicas asked for) before the fault, and its least while the burst lasts;
 * ticks completed and failed after the fault; processes left once the run ended.
 
@@ -325,6 +326,11 @@ def _records(csv: Path) -> list[dict]:
         return list(csvlib.DictReader(f))
 
 
+def _refused(x: dict) -> bool:
+    """Turned away whole: connection refused, closed before any answer, or the stopping Service's 503."""
+    return x.get("outcome") == "refused" or (x["status"] in ("0", "503") and not x.get("ttft_s"))
+
+
 def _judge(ctx: Context, samples: list[tuple[float, dict]], records: list[dict], start: float) -> None:
     r, b = ctx.result, ctx.burst
     r.sent = len(records)
@@ -335,13 +341,12 @@ def _judge(ctx: Context, samples: list[tuple[float, dict]], records: list[dict],
         r.outcomes[key] = r.outcomes.get(key, 0) + 1
     down = (ctx.stopped_at - start if ctx.stopped_at is not None else float("inf"),
             ctx.restarted_at - start if ctx.restarted_at is not None else float("inf"))
-    r.refused_after_exit = sum(1 for x in records if x.get("outcome") == "refused"
-                               and down[0] <= float(x["sent_s"]) < down[1])
+    r.refused_after_exit = sum(1 for x in records if _refused(x) and down[0] <= float(x["sent_s"]) < down[1])
     # Sent once the fault had been seen (5 s on), yet waiting long for a first token: traffic
     # still going to a replica that cannot serve it.
     r.stuck = sum(1 for x in records if float(x["sent_s"]) >= b.fault_at_s + 5
                   and (x.get("ttft_s") in ("", None) or float(x["ttft_s"]) > STUCK_TTFT_S)
-                  and x.get("outcome") != "refused")
+                  and not _refused(x))
     r.lost = r.sent - r.ok - r.refused_after_exit
     before = [s for t, s in samples if t <= b.fault_at_s]
     during = [s for t, s in samples if b.fault_at_s <= t <= b.until_s]

@@ -54,6 +54,7 @@ class ProxyService:
         self.idle_timeout_s = idle_timeout_s
         self.attempts = attempts
         self.body_timeout_s = body_timeout_s
+        self.closing = False  # set once the listener stopped: new requests get a clean 503
         self.held = 0  # requests waiting for a replica in rotation
         self.in_flight = 0
         self.idle = asyncio.Event()
@@ -93,6 +94,10 @@ class ProxyService:
         return self._session
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self.closing:  # a request on a kept-alive connection after the listener stopped
+            return web.json_response({"object": "error", "message": "the Service is shutting down",
+                                      "type": "ServiceUnavailable", "code": 503}, status=503,
+                                     headers={"Connection": "close"})
         self.in_flight += 1
         self.idle.clear()
         try:
@@ -194,7 +199,9 @@ class ProxyService:
         log.info("service listening", url=f"http://{self.host}:{self.port}")
 
     async def stop_listening(self) -> None:
-        """New connections are refused from now on; requests already in flight go on."""
+        """New connections are refused from now on, new requests on open connections get 503;
+        requests already in flight go on."""
+        self.closing = True
         if self._site is not None:
             await self._site.stop()
             self._site = None
