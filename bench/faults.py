@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from server.loadgen import replay  # noqa: E402
 from server.procs import descendants, spawn, stop_tree  # noqa: E402
 from simulations.traffic import load_traffic  # noqa: E402
+from tests.servers import free_port as _free_port  # noqa: E402
 
 STUCK_TTFT_S = 8.0
 
@@ -87,14 +88,6 @@ class FaultResult:
 
 
 # --- the fleet under test ------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
