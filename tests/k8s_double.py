@@ -594,3 +594,26 @@ def kubernetes_backend(double: KubeDouble, namespace: str = "llm", deployment: s
     target = KubernetesTarget(namespace=namespace, deployment=deployment, metrics_port=double.metrics_port,
                               api_url=f"http://127.0.0.1:{double.port}")
     return KubernetesBackend.from_config(target, "test", fast_tuning(**retry))
+
+
+# --- helpers for tests driving a KubernetesBackend against the double ----------------------
+
+
+async def wait_pods(backend, pred, timeout: float = 10.0) -> list:
+    """The backend's pods once `pred(pods)` holds (or when `timeout` runs out)."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        pods = await backend.pods()
+        if pred(pods) or time.monotonic() > deadline:
+            return pods
+        await asyncio.sleep(0.05)
+
+
+def ready(pods) -> int:
+    from policies import ReplicaState
+
+    return sum(p.state is ReplicaState.READY for p in pods)
+

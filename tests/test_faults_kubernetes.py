@@ -10,10 +10,9 @@ import time
 import pytest
 
 from autoscaler.backends.base import ScaleRefused
-from autoscaler.backends.kubernetes import KubernetesBackend
 from autoscaler.kube.scale import ScaleFailed
 from policies import ReplicaState
-from tests.k8s_double import KubeDouble, kubernetes_backend
+from tests.k8s_double import KubeDouble, kubernetes_backend, ready, wait_pods
 from tests.servers import free_port
 
 NS = "llm"
@@ -36,19 +35,6 @@ def run(coro, limit_s: float = 15.0):
 
 def scale_calls(double: KubeDouble) -> list[tuple[str, int]]:
     return [(c.verb, c.status) for c in double.requests if (c.group, c.resource) == SCALE]
-
-
-async def wait_pods(backend: KubernetesBackend, pred, timeout: float = 10.0) -> list:
-    deadline = time.monotonic() + timeout
-    while True:
-        pods = await backend.pods()
-        if pred(pods) or time.monotonic() > deadline:
-            return pods
-        await asyncio.sleep(0.05)
-
-
-def ready(pods) -> int:
-    return sum(p.state is ReplicaState.READY for p in pods)
 
 
 async def timed(coro) -> float:

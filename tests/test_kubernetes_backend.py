@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from autoscaler.backends.base import ScaleRefused
-from autoscaler.backends.kubernetes import KubernetesBackend, KubernetesTarget
+from autoscaler.backends.kubernetes import KubernetesTarget
 from autoscaler.kube.client import api_client
 from autoscaler.kube.deletion_cost import DELETION_COST
 from autoscaler.kube.endpointslices import Endpoint
@@ -23,7 +23,7 @@ from autoscaler.metrics.scrape import ScrapeSource
 from autoscaler.telemetry import Telemetry
 from policies import ReplicaState, ScaleLimits, registry
 from policies.control import OutageRules
-from tests.k8s_double import KubeDouble, kubernetes_backend
+from tests.k8s_double import KubeDouble, kubernetes_backend, ready, wait_pods
 from tests.servers import free_port
 
 NS = "llm"
@@ -49,19 +49,6 @@ def wait_for(pred, timeout=10.0):
             return True
         time.sleep(0.05)
     return False
-
-
-async def wait_pods(backend: KubernetesBackend, pred, timeout: float = 10.0) -> list:
-    deadline = time.monotonic() + timeout
-    while True:
-        pods = await backend.pods()
-        if pred(pods) or time.monotonic() > deadline:
-            return pods
-        await asyncio.sleep(0.05)
-
-
-def ready(pods) -> int:
-    return sum(p.state is ReplicaState.READY for p in pods)
 
 
 # --- configuration -----------------------------------------------------------------------
