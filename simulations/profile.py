@@ -1,8 +1,11 @@
 """Replica performance profiles: how long one vLLM engine step takes.
 
-Form: ``step_s = base_s + prefill_token_s * P + decode_seq_s * D + context_token_s * C``
-where P is the prefill tokens in the step, D the decoding sequences and C the
-context tokens those sequences attend over.
+Form: ``step_s = base_s + prefill_token_s * P + prefill_attention_s * A + decode_seq_s * D
++ context_token_s * C`` where P is the prefill tokens in the step, A the attention pairs of
+those prefill tokens (a chunk of t tokens after s computed ones attends over
+``t * (s + (t + 1) / 2)`` positions: `prefill_attention`), D the decoding sequences and C the
+context tokens those sequences attend over. `frontend_s` is the api server's own time per
+request (HTTP, tokenizing, handing it to the engine), spent before the scheduler sees it.
 
 Why linear: a vLLM step is one forward pass over the batch. Its cost has a
 fixed part (reading all weights once, kernel launches, sampling: `base_s`), a
@@ -29,6 +32,35 @@ from policies.errors import UserError
 INT32_MAX = 2**31 - 1
 
 
+def prefill_attention(computed: int, tokens: int) -> float:
+    """Attention pairs of a prefill chunk of `tokens` after `computed` tokens already in the
+    KV cache: token i of the chunk attends over computed + i + 1 positions (causal)."""
+    return tokens * (computed + (tokens + 1) / 2)
+
+
+class FitTerm(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    name: str
+    value: float
+
+
+class Calibration(BaseModel):
+    """Where a fitted profile came from and how well the fit holds (kept in its YAML)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    url: str = ""
+    server: str = ""
+    measured_at: str = ""
+    points: int = Field(0, ge=0)
+    duration_s: float = Field(0.0, ge=0)
+    # Residuals of the fit over its points, relative to the measured value.
+    residual_median: float = 0.0
+    residual_p90: float = 0.0
+    residual_max: float = 0.0
+    terms_dropped: list[str] = []  # terms the data did not support (fitted at 0)
+    notes: list[str] = []
+
+
 class PerformanceProfile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -40,11 +72,14 @@ class PerformanceProfile(BaseModel):
     prefill_token_s: float = Field(ge=0, le=1)
     decode_seq_s: float = Field(ge=0, le=1)
     context_token_s: float = Field(ge=0, le=1)
+    prefill_attention_s: float = Field(0.0, ge=0, le=1)
+    frontend_s: float = Field(0.0, ge=0, le=10)
     block_size: int = Field(16, gt=0, le=INT32_MAX)
     num_gpu_blocks: int = Field(gt=0, le=INT32_MAX)
     max_num_seqs: int = Field(256, gt=0, le=INT32_MAX)
     max_num_batched_tokens: int = Field(8192, gt=0, le=INT32_MAX)
     max_model_len: int = Field(8192, gt=0, le=INT32_MAX)
+    calibration: Calibration | None = None  # how `qscale calibrate` fitted this profile
 
     @model_validator(mode="after")
     def _kv_holds_one_full_request(self) -> PerformanceProfile:
@@ -71,10 +106,13 @@ class PerformanceProfile(BaseModel):
                 "decode_seq_s": self.decode_seq_s, "context_token_s": self.context_token_s,
                 "kv_cache_tokens": self.kv_capacity_tokens, "max_num_seqs": self.max_num_seqs}
 
-    def step_time(self, prefill_tokens: int, decode_seqs: int, context_tokens: float) -> float:
+    def step_time(self, prefill_tokens: int, decode_seqs: int, context_tokens: float,
+                  prefill_attention: float = 0.0) -> float:
+        """One step's time; `prefill_attention` is the sum of `prefill_attention(...)` over its chunks."""
         return (
             self.base_s
             + self.prefill_token_s * prefill_tokens
+            + self.prefill_attention_s * prefill_attention
             + self.decode_seq_s * decode_seqs
             + self.context_token_s * context_tokens
         )
