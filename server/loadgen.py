@@ -34,6 +34,7 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
+from server.prompts import TextPrompts, TokenPrompts
 from simulations.traffic import TraceChunk
 
 
@@ -155,9 +156,10 @@ def _fill_timings(rec: RequestRecord, reading: _Reading, sent: float, done: floa
 
 
 async def _one(session: aiohttp.ClientSession, url: str, model: str | None, rid: int, scheduled: float,
-               start: float, prompt: int, output: int, timeout_s: float, stream: bool = True) -> RequestRecord:
-    body = {"prompt": " ".join(["hello"] * max(1, prompt)), "max_tokens": max(1, output), "stream": stream,
-            "ignore_eos": True, "temperature": 0}
+               start: float, prompt: int, output: int, timeout_s: float, stream: bool = True,
+               body_prompt: str | list[int] | None = None) -> RequestRecord:
+    body = {"prompt": body_prompt if body_prompt is not None else " ".join(["hello"] * max(1, prompt)),
+            "max_tokens": max(1, output), "stream": stream, "ignore_eos": True, "temperature": 0}
     if model:
         body["model"] = model
     sent = time.perf_counter()
@@ -190,9 +192,14 @@ async def replay(
     max_prompt_tokens: int | None = None,
     max_output_tokens: int | None = None,
     stream: bool = True,
+    prompts: TokenPrompts | TextPrompts | None = None,
 ) -> LoadSummary:
-    """Replay `chunks` open loop; write one CSV row per request to `out`; summarize."""
+    """Replay `chunks` open loop; write one CSV row per request to `out`; summarize.
+
+    `prompts` builds each request's prompt (default: token ids, no accidental shared prefix;
+    see server/prompts.py)."""
     urls = [url] if isinstance(url, str) else list(url)
+    prompts = prompts or TokenPrompts()
     records: list[RequestRecord] = []
     skipped: list[RequestRecord] = []
     in_flight: set[asyncio.Task] = set()
@@ -203,8 +210,8 @@ async def replay(
         records.append(task.result())
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=max_in_flight)) as session:
-        for rid, t, prompt, output in _arrivals(chunks, duration_s, max_requests, max_prompt_tokens,
-                                                max_output_tokens):
+        for rid, t, prompt, output, hashes in _arrivals(chunks, duration_s, max_requests, max_prompt_tokens,
+                                                        max_output_tokens):
             delay = start + t - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -214,7 +221,7 @@ async def replay(
                 continue
             # Several URLs: round robin, like a Service over the replicas.
             task = asyncio.create_task(_one(session, urls[rid % len(urls)], model, rid, t, start, prompt, output,
-                                            timeout_s, stream))
+                                            timeout_s, stream, prompts.build(rid, prompt, hashes)))
             in_flight.add(task)
             task.add_done_callback(done)
         if in_flight:
@@ -225,8 +232,8 @@ async def replay(
 
 
 def _arrivals(chunks: Iterable[TraceChunk], duration_s: float | None, max_requests: int, max_prompt: int | None,
-              max_output: int | None) -> Iterator[tuple[int, float, int, int]]:
-    """(rid, arrival, prompt tokens, output tokens) for each request to send, in order."""
+              max_output: int | None) -> Iterator[tuple[int, float, int, int, tuple[int, ...] | None]]:
+    """(rid, arrival, prompt tokens, output tokens, prefix hash blocks) for each request to send, in order."""
     rid = 0
     for chunk in chunks:
         prompt = chunk.prompt if max_prompt is None else np.minimum(chunk.prompt, max_prompt)
@@ -235,7 +242,7 @@ def _arrivals(chunks: Iterable[TraceChunk], duration_s: float | None, max_reques
             t = float(chunk.arrival[i])
             if rid >= max_requests or (duration_s is not None and t >= duration_s):
                 return
-            yield rid, t, int(prompt[i]), int(output[i])
+            yield rid, t, int(prompt[i]), int(output[i]), chunk.hashes[i] if chunk.hashes is not None else None
             rid += 1
 
 

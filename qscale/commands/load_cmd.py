@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-output-tokens", type=int, default=None)
     parser.add_argument("--no-stream", action="store_true", help="ask for whole responses instead of SSE streams")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prompt", choices=["tokens", "text"], default="tokens",
+                        help="tokens (default): token ids, shared only where the trace's hash blocks say; "
+                             "text: the word 'hello' repeated (every prompt shares one prefix)")
 
 
 def _check_number(flag: str, value: float, low: float, high: float, low_inclusive: bool) -> None:
@@ -82,6 +85,7 @@ def validate(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace, settings) -> int:
     from server.loadgen import replay
+    from server.prompts import prompt_builder
     from simulations.traffic import load_traffic
 
     validate(args)
@@ -92,6 +96,7 @@ def run(args: argparse.Namespace, settings) -> int:
         chunks, url, args.out, model=args.model, duration_s=args.duration, max_requests=args.max_requests,
         max_in_flight=args.max_in_flight, timeout_s=args.timeout, max_prompt_tokens=args.max_prompt_tokens,
         max_output_tokens=args.max_output_tokens, stream=not args.no_stream,
+        prompts=prompt_builder(args.prompt, args.seed),
     ))
     fmt = lambda v: f"{v:.3f}s" if v is not None else "-"  # noqa: E731
     print(f"sent {summary.sent}  ok {summary.ok}  cut {summary.cut}  timeout {summary.timeouts}  "
