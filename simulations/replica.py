@@ -30,7 +30,7 @@ from collections import OrderedDict, deque
 from typing import Any, Protocol
 
 from policies.figures import ReplicaFigures
-from simulations.profile import PerformanceProfile
+from simulations.profile import PerformanceProfile, prefill_attention
 from simulations.request import Request
 
 
@@ -58,7 +58,7 @@ class ReplicaModel:
         "ctx_dec", "generation_tokens", "hooks", "kv_cap", "kv_used", "n_dec", "name", "p",
         "preemptions", "prefilling", "prefix_block_tokens", "prefix_caching", "prefix_hits",
         "prefix_queries", "prompt_tokens", "queue_count", "queue_sum", "requests_finished", "running", "steps",
-        "ttft_count", "ttft_sum", "waiting", "_aborted", "__weakref__",
+        "ttft_count", "ttft_sum", "waiting", "_aborted", "_arriving", "__weakref__",
     )
 
     def __init__(
@@ -91,6 +91,7 @@ class ReplicaModel:
         self._event: Any = None
         self._segment: tuple[float, int, int, float] | None = None  # start, steps, seqs, ctx0
         self._aborted: set[int] = set()
+        self._arriving: dict[int, Any] = {}  # rid -> clock handle, still in the api server
         self._prefix_cache: OrderedDict[int, None] = OrderedDict()
         self._prefix_cap = max(1, self.kv_cap // prefix_block_tokens)
         # Cumulative counters, as vLLM's /metrics exposes them.
@@ -139,7 +140,7 @@ class ReplicaModel:
 
     @property
     def outstanding(self) -> int:
-        return len(self.waiting) + len(self.running)
+        return len(self._arriving) + len(self.waiting) + len(self.running)
 
     # --- arrivals ---------------------------------------------------------------------
 
@@ -148,6 +149,17 @@ class ReplicaModel:
             self.hooks.rejected(req, "prompt longer than max_model_len")
             return
         req.replica = self
+        delay = self.p.frontend_s
+        if delay > 0:
+            # The api server's own time (HTTP, tokenizing) before the engine core queues it.
+            self._arriving[req.rid] = self.clock.at(self.clock.now + delay, self._enqueue, req)
+            return
+        self._enqueue(req)
+
+    def _enqueue(self, req: Request) -> None:
+        """The request reaches the scheduler's waiting queue."""
+        self._arriving.pop(req.rid, None)
+        req.queued = self.clock.now
         self.waiting.append(req)
         if self._event is None:
             self._plan()
@@ -175,7 +187,10 @@ class ReplicaModel:
         """
         if req.finished is not None or req.dropped:
             return False
-        if req in self.waiting:
+        if req.rid in self._arriving:
+            # Still in the api server: it never reaches the scheduler.
+            self.clock.cancel(self._arriving.pop(req.rid))
+        elif req in self.waiting:
             self.waiting.remove(req)
         elif req.rid in self.running:
             self._aborted.add(req.rid)
@@ -285,6 +300,7 @@ class ReplicaModel:
         free = self.kv_cap - self.kv_used - n_dec
         chunks: list[tuple[Request, int]] = []
         prefill_tokens = 0
+        attention = 0.0  # prefill attention pairs of the step's chunks (profile.prefill_attention)
         if self.prefilling:
             for req in self.prefilling.values():
                 if budget <= 0:
@@ -296,6 +312,7 @@ class ReplicaModel:
                 budget -= t
                 free -= t
                 prefill_tokens += t
+                attention += prefill_attention(req.computed, t)
         waiting = self.waiting
         if waiting:
             running = self.running
@@ -318,9 +335,10 @@ class ReplicaModel:
                 budget -= t
                 free -= t
                 prefill_tokens += t
+                attention += prefill_attention(req.computed, t)
 
         if chunks:
-            dt = p.base_s + p.prefill_token_s * prefill_tokens + p.decode_seq_s * n_dec + p.context_token_s * self.ctx_dec
+            dt = p.step_time(prefill_tokens, n_dec, self.ctx_dec, attention)
             self._event = self.clock.at(now + dt, self._step_end, chunks)
             return
         if n_dec == 0:
@@ -392,7 +410,7 @@ class ReplicaModel:
                 self.ttft_sum += now - req.arrival
                 self.ttft_count += 1
                 if req.scheduled is not None:
-                    self.queue_sum += req.scheduled - req.arrival
+                    self.queue_sum += req.scheduled - req.queued
                     self.queue_count += 1
                 self._prefix_insert(req)
                 self.hooks.first_token(req)

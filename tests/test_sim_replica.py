@@ -94,7 +94,7 @@ def test_prefix_cache_skips_cached_blocks():
     loop.run_until(30)
     assert b.cached_tokens == 3 * 512
     assert rep.prefix_hits == 3 * 512 and rep.prefix_queries == 4096
-    assert b.ttft < a.ttft
+    assert b.ttft_s < a.ttft_s
 
 
 def test_arrival_during_a_decode_run_joins_at_the_next_step():
@@ -105,7 +105,7 @@ def test_arrival_during_a_decode_run_joins_at_the_next_step():
     loop.at(1.0, rep.submit, late)
     loop.run_until(100)
     # It waited at most one decode step for the boundary, then its own prefill step.
-    assert late.ttft < 2 * H100.step_time(100, 1, 2100)
+    assert late.ttft_s < 2 * H100.step_time(100, 1, 2100)
 
 
 @settings(max_examples=200, deadline=None)
@@ -136,3 +136,31 @@ def test_abort_frees_the_request_queued_or_running():
     assert rep.num_running == 0 and rep.kv_used == 0 and rep.n_dec == 0
     assert rec.finished_reqs == [] and rep.requests_finished == 2
     assert not rep.abort(a)
+
+
+def test_prefill_steps_pay_for_attention_over_cached_and_earlier_chunks():
+    p = tiny_profile(max_num_batched_tokens=1024, prefill_attention_s=1e-9)
+    loop, rep, rec = one_replica(p)
+    req = Request(0, 0.0, 2000, 2)
+    loop.at(0.0, rep.submit, req)
+    loop.run_until(60)
+    # Two chunks: 1024 tokens after none computed, then 976 after the first 1024.
+    first = p.step_time(1024, 0, 0, 1024 * (0 + 1025 / 2))
+    second = p.step_time(976, 0, 0, 976 * (1024 + 977 / 2))
+    assert req.first_token == pytest.approx(first + second)
+
+
+def test_frontend_time_comes_before_the_queue_and_an_abort_there_still_works():
+    p = tiny_profile(frontend_s=0.5)
+    loop, rep, rec = one_replica(p)
+    a, b = Request(0, 0.0, 100, 2), Request(1, 0.0, 100, 2)
+    loop.at(0.0, rep.submit, a)
+    loop.at(0.0, rep.submit, b)
+    loop.run_until(0.25)
+    # Still in the api server: not waiting in the scheduler, but outstanding.
+    assert rep.figures().waiting == 0 and rep.outstanding == 2
+    assert rep.abort(b) and rep.outstanding == 1 and rep.requests_finished == 1
+    loop.run_until(60)
+    assert a.scheduled == pytest.approx(0.5)
+    assert a.first_token == pytest.approx(0.5 + p.step_time(100, 0, 0))
+    assert rec.finished_reqs == [a] and b.first_token is None
