@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qscale.commands import load_cmd, policies_cmd, run_cmd, scoreboard_cmd, serve_cmd, simulate_cmd
+from qscale.commands import calibrate_cmd, load_cmd, policies_cmd, run_cmd, scoreboard_cmd, serve_cmd, simulate_cmd
 
 COMMANDS = {
     "policies": (policies_cmd.HELP, policies_cmd.add_arguments, policies_cmd.run),
@@ -11,4 +11,5 @@ COMMANDS = {
     "serve": (serve_cmd.HELP, serve_cmd.add_arguments, serve_cmd.run),
     "load": (load_cmd.HELP, load_cmd.add_arguments, load_cmd.run),
     "run": (run_cmd.HELP, run_cmd.add_arguments, run_cmd.run),
+    "calibrate": (calibrate_cmd.HELP, calibrate_cmd.add_arguments, calibrate_cmd.run),
 }
