@@ -69,9 +69,19 @@ class _ModelCollector:
             success.add_metric(["0", reason, self.model_name], self.finished_by_reason.get(reason, 0),
                                created=self.created)
         yield success
+        yield _cache_config(m, labels)
         # The seed's application-level metrics.
         yield _single("llm_request_queue_depth", "Requests waiting for a batch slot.", m.num_waiting, self.model_name)
         yield _single("llm_kv_cache_utilization_ratio", "KV-cache in use, 0..1.", m.kv_usage(), self.model_name)
+
+
+def _cache_config(m: ReplicaModel, labels: list[str]) -> GaugeMetricFamily:
+    """vLLM's cache-config info gauge (value 1, the facts in labels), with the labels
+    `qscale calibrate` reads; real vLLM has more of them."""
+    names = ["block_size", "enable_prefix_caching", "engine", "num_gpu_blocks"]
+    g = GaugeMetricFamily("vllm:cache_config_info", "Information of the LLMEngine CacheConfig", labels=names)
+    g.add_metric([str(m.p.block_size), str(m.prefix_caching), labels[0], str(m.p.num_gpu_blocks)], 1.0)
+    return g
 
 
 def _single(name: str, doc: str, value: float, model_name: str) -> GaugeMetricFamily:
