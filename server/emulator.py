@@ -133,19 +133,21 @@ class EmulatedServer:
     def _on_first_token(self, req: Request) -> None:
         p = self._pending.get(req.rid)
         assert self.metrics is not None
-        ttft = req.first_token - req.arrival  # type: ignore[operator]
+        ttft = req.ttft_s
+        assert ttft is not None
         self.metrics.ttft.observe(ttft)
         self.metrics.app_ttft.observe(ttft)
-        if req.scheduled is not None:
-            self.metrics.queue.observe(req.scheduled - req.arrival)
+        if req.queue_s is not None:
+            self.metrics.queue.observe(req.queue_s)
         if p is not None and not p.first.done():
             p.first.set_result(None)
 
     def _on_finished(self, req: Request) -> None:
         assert self.metrics is not None
-        self.metrics.e2e.observe(req.finished - req.arrival)  # type: ignore[operator]
-        if req.output > 1:
-            self.metrics.itl.observe((req.finished - req.first_token) / (req.output - 1))  # type: ignore[operator]
+        assert req.e2e_s is not None
+        self.metrics.e2e.observe(req.e2e_s)
+        if req.itl_s is not None:  # more than one output token
+            self.metrics.itl.observe(req.itl_s)
         self.metrics.finished_by_reason["length"] = self.metrics.finished_by_reason.get("length", 0) + 1
         p = self._pending.get(req.rid)
         if p is not None:
@@ -285,7 +287,8 @@ class EmulatedServer:
 
     async def _stream_body(self, request: web.Request, resp: web.StreamResponse, p: _Pending, chat: bool,
                            ident: str, prompt_tokens: int) -> None:
-        name, req = self.config.model_name, p.req
+        name, req, model = self.config.model_name, p.req, self.model
+        assert model is not None
         while True:
             if not await _wait_or_gone(request, p.done, STREAM_POLL_S):
                 self._abort(req)
@@ -293,7 +296,7 @@ class EmulatedServer:
             if p.done.done() and p.done.exception() is not None:
                 await resp.write(_sse({"error": _error_info(500, str(p.done.exception()))}))
                 break
-            produced = req.output if p.done.done() else self._generated(req)
+            produced = req.output if p.done.done() else model.generated_now(req)
             while p.tokens_sent < produced:
                 p.tokens_sent += 1
                 await resp.write(_sse(_chunk(chat, ident, name, p.tokens_sent, None)))
@@ -302,14 +305,6 @@ class EmulatedServer:
                 break
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
-
-    def _generated(self, req: Request) -> int:
-        """Tokens the model has produced for `req` so far (decode progress included)."""
-        m = self.model
-        assert m is not None
-        if req.rid in m.prefilling or req.rid not in m.running:
-            return req.generated
-        return min(req.output, req.join_generated + (m.steps + m._segment_progress() - req.join_step))
 
 
 class _HttpError(Exception):

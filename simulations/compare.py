@@ -15,6 +15,7 @@ from policies.errors import UserError
 from simulations.oracle import OracleParams, OraclePolicy, OracleSearch, initial_replicas
 from simulations.profile import PerformanceProfile
 from simulations.references import BOUND, NAMES, ORACLE, STATIC_BEST, References, find_references
+from simulations.request import Request
 from simulations.runner import SimConfig, SimResult, simulate
 from simulations.traffic import TraceChunk
 from simulations.work import TraceWork
@@ -51,21 +52,11 @@ class RequestWriter:
         self._csv = csv.writer(self._file)
         self._csv.writerow(self.COLUMNS)
 
-    def for_policy(self, policy: str) -> Callable:
-        def write(req) -> None:
-            if req.finished is not None:
-                outcome = "completed"
-            elif req.dropped:
-                outcome = "dropped"
-            else:
-                outcome = "rejected"
-            ttft = req.first_token - req.arrival if req.first_token is not None else None
-            e2e = req.finished - req.arrival if req.finished is not None else None
-            itl = ((req.finished - req.first_token) / (req.output - 1)
-                   if req.finished is not None and req.first_token is not None and req.output > 1 else None)
-            queue = req.scheduled - req.arrival if req.scheduled is not None else None
-            self._csv.writerow([policy, req.rid, f"{req.arrival:.6f}", req.prompt, req.output, outcome,
-                                *(f"{v:.6f}" if v is not None else "" for v in (queue, ttft, itl, e2e))])
+    def for_policy(self, policy: str) -> Callable[[Request], None]:
+        def write(req: Request) -> None:
+            times = (req.queue_s, req.ttft_s, req.itl_s, req.e2e_s)
+            self._csv.writerow([policy, req.rid, f"{req.arrival:.6f}", req.prompt, req.output, req.outcome,
+                                *(f"{v:.6f}" if v is not None else "" for v in times)])
 
         return write
 

@@ -3,12 +3,14 @@
 Scale-down picks victims like a ReplicaSet: replicas still starting first, then
 the most recently started ready ones. A draining replica takes no new requests,
 finishes what it accepted, then stops; GPU time counts from creation to stop.
+
+Observers (`on_end`) hear of each request once, when it ends: completed, dropped or rejected.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,6 +72,16 @@ class Fleet(ReplicaHooks):
         self._warm_nodes: list[float] = [-1e18] * cold_start.warm_nodes  # freed-at times
         self._n = 0
         self.in_flight = 0
+        self.end_observers: list[Callable[[Request], None]] = []
+
+    def on_end(self, observer: Callable[[Request], None]) -> None:
+        """Call `observer(req)` once for every request when it ends (completed, dropped, rejected)."""
+        self.end_observers.append(observer)
+
+    def _ended(self, req: Request) -> None:
+        self.in_flight -= 1
+        for observer in self.end_observers:
+            observer(req)
 
     # --- sizing -----------------------------------------------------------------------
 
@@ -173,7 +185,7 @@ class Fleet(ReplicaHooks):
     def _dropped(self, req: Request) -> None:
         req.dropped = True
         self.stats.dropped += 1
-        self.in_flight -= 1
+        self._ended(req)
 
     # --- hooks from the replica model -------------------------------------------------
 
@@ -182,11 +194,11 @@ class Fleet(ReplicaHooks):
 
     def finished(self, req: Request) -> None:
         self.stats.finished(req)
-        self.in_flight -= 1
+        self._ended(req)
 
     def rejected(self, req: Request, why: str) -> None:
         self.stats.rejected += 1
-        self.in_flight -= 1
+        self._ended(req)
 
     def idle(self, model: ReplicaModel) -> None:
         rep = self._by_model.get(id(model))

@@ -96,19 +96,24 @@ class RequestStats:
     window_ttfts: list[float] = field(default_factory=list)  # since the last timeline row
 
     def first_token(self, req: Request) -> None:
-        ttft = req.first_token - req.arrival  # type: ignore[operator]
+        ttft = req.ttft_s
+        assert ttft is not None
         self.ttft.add(ttft)
         self.window_ttfts.append(ttft)
         if ttft <= self.slo_ttft_s:
             self.slo_met += 1
-        if req.scheduled is not None:
-            self.queue.add(req.scheduled - req.arrival)
+        queue = req.queue_s
+        if queue is not None:
+            self.queue.add(queue)
 
     def finished(self, req: Request) -> None:
         self.completed += 1
-        self.e2e.add(req.finished - req.arrival)  # type: ignore[operator]
-        if req.output > 1 and req.first_token is not None:
-            self.itl.add((req.finished - req.first_token) / (req.output - 1))  # type: ignore[operator]
+        e2e = req.e2e_s
+        assert e2e is not None
+        self.e2e.add(e2e)
+        itl = req.itl_s
+        if itl is not None:  # more than one output token
+            self.itl.add(itl)
 
     def fold(self) -> None:
         """Bound the buffers (called from the periodic tick)."""

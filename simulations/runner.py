@@ -179,17 +179,32 @@ def simulate(
     on_request: Callable[[Request], None] | None = None,
     policy_name: str | None = None,
 ) -> SimResult:
+    """Run `policy` on `traffic`. `on_request`: called once with each request when it ends."""
     loop = EventLoop()
     rng = np.random.default_rng(cfg.seed)
     stats = RequestStats(cfg.slo_ttft_s)
     fleet = Fleet(loop, cfg.profile, cfg.cold_start, stats, rng, cfg.router, cfg.prefix_caching,
                   analytic=cfg.analytic_decode)
     if on_request is not None:
-        _wrap_hooks(fleet, on_request)
+        fleet.on_end(on_request)
     fleet.start_warm(cfg.initial_replicas)
     ticker = _Ticker(loop, fleet, Controller(policy, cfg.limits), cfg, stats, rng)
     loop.at(0.0, ticker.tick)
+    last_arrival = _feed(traffic, loop, fleet, progress)
+    _drain(loop, fleet, last_arrival + cfg.max_drain_s)
+    ticker.stopped = True
+    ticker._row(loop.now, fleet.desired)
+    duration = loop.now
+    gpu_hours = fleet.gpu_seconds() / 3600.0
+    fleet.stop_all()
+    if progress is not None:
+        progress(last_arrival)
+    return _result(policy_name or policy.name, cfg, stats, fleet, ticker, duration, gpu_hours)
 
+
+def _feed(traffic: Iterator[TraceChunk], loop: EventLoop, fleet: Fleet, progress: Progress | None) -> float:
+    """Hand every request to the fleet at its arrival time, running the loop up to it; returns
+    the last arrival time."""
     rid = 0
     last_arrival = 0.0
     next_progress = 0.0
@@ -204,27 +219,26 @@ def simulate(
             arrive(Request(rid, t, prompt[i], output[i], hashes[i] if hashes is not None else None))
             rid += 1
         last_arrival = arrival[-1] if arrival else last_arrival
+        # Progress at most once a simulated minute.
         if progress is not None and last_arrival >= next_progress:
             progress(last_arrival)
             next_progress = last_arrival + 60.0
+    return last_arrival
 
-    # Let in-flight work finish (bounded), counting GPU time while it does.
-    end_limit = last_arrival + cfg.max_drain_s
-    t = last_arrival
-    while (fleet.in_flight > 0) and t < end_limit:
+
+def _drain(loop: EventLoop, fleet: Fleet, end_limit: float) -> None:
+    """Let in-flight work finish (up to `end_limit`), counting GPU time while it does."""
+    t = loop.now
+    while fleet.in_flight > 0 and t < end_limit:
         t = min(end_limit, t + 30.0)
         loop.run_until(t)
-    ticker.stopped = True
-    ticker._row(loop.now, fleet.desired)
-    duration = loop.now
-    gpu_hours = fleet.gpu_seconds() / 3600.0
-    fleet.stop_all()
-    ready_hours = fleet.fleet_stats.ready_seconds / 3600.0
-    if progress is not None:
-        progress(last_arrival)
+
+
+def _result(name: str, cfg: SimConfig, stats: RequestStats, fleet: Fleet, ticker: _Ticker,
+            duration: float, gpu_hours: float) -> SimResult:
     cold = fleet.fleet_stats.cold_starts
     return SimResult(
-        policy=policy_name or policy.name,
+        policy=name,
         requests=stats.arrived,
         completed=stats.completed,
         dropped=stats.dropped,
@@ -239,7 +253,7 @@ def simulate(
         e2e_p99_s=stats.e2e.quantile(0.99),
         queue_p99_s=stats.queue.quantile(0.99),
         gpu_hours=gpu_hours,
-        ready_hours=ready_hours,
+        ready_hours=fleet.fleet_stats.ready_seconds / 3600.0,
         cost=gpu_hours * cfg.gpu_hour_price,
         scale_events=ticker.scale_events,
         flaps=ticker.flaps,
@@ -248,22 +262,3 @@ def simulate(
         duration_s=duration,
         timeline=ticker.timeline,
     )
-
-
-def _wrap_hooks(fleet: Fleet, on_request: Callable[[Request], None]) -> None:
-    """Also report each request once, when it ends (finished, dropped or rejected)."""
-    finished, dropped, rejected = fleet.finished, fleet._dropped, fleet.rejected
-
-    def _finished(req: Request) -> None:
-        finished(req)
-        on_request(req)
-
-    def _dropped(req: Request) -> None:
-        dropped(req)
-        on_request(req)
-
-    def _rejected(req: Request, why: str) -> None:
-        rejected(req, why)
-        on_request(req)
-
-    fleet.finished, fleet._dropped, fleet.rejected = _finished, _dropped, _rejected  # type: ignore[method-assign]
