@@ -106,7 +106,12 @@ async def _read_stream(resp: aiohttp.ClientResponse, out: _Reading) -> None:
         choice = (chunk.get("choices") or [{}])[0]
         if not isinstance(choice, dict):
             continue
-        if choice.get("text") or (choice.get("delta") or {}).get("content"):
+        text = choice.get("text")
+        if (text or (isinstance(text, str) and not choice.get("finish_reason"))
+                or (choice.get("delta") or {}).get("content")):
+            # A completion chunk carries a token even when its text is empty (a byte-level
+            # token that ends inside a character), except an empty closing chunk that only
+            # gives the finish reason; a chat chunk counts once it has content.
             out.token_times.append(time.perf_counter())
         finished = finished or bool(choice.get("finish_reason"))
 
