@@ -17,7 +17,7 @@ from simulations.profile import Calibration, PerformanceProfile
 
 # max_num_seqs probes: (requests at once, output tokens each); the second only when the first
 # never queued. 160 is more than a CPU server's default (128) allows.
-PROBES = ((16, 256), (160, 512))
+PROBES = ((16, 512), (160, 512))
 
 
 @dataclass
@@ -45,7 +45,8 @@ async def _limits(sweep: Sweep, facts: ServerFacts, max_num_seqs: int | None, bu
             if waited:
                 break
         max_num_seqs = max(1, seen)
-        notes.append(f"max_num_seqs {seen}: the first wave of {concurrency} requests sent at once" if waited else
+        notes.append(f"max_num_seqs {seen}: of {concurrency} requests sent at once, the ones that never queued"
+                     if waited else
                      f"max_num_seqs at least {seen}: {concurrency} requests never queued (pass --max-num-seqs)")
     if budget is None:
         prompt, steps = await sweep.probe_batched_tokens()

@@ -90,12 +90,14 @@ async def read_facts(session: aiohttp.ClientSession, base: str, model: str | Non
 
 
 async def scrape(session: aiohttp.ClientSession, base: str) -> dict[str, float]:
-    """The gauges and counters calibration watches (sample name -> value, summed over labels)."""
+    """vLLM's samples (name -> value, summed over labels; buckets as `name_bucket:BOUND`)."""
     _status, body = await _get(session, f"{base}/metrics")
     out: dict[str, float] = {}
     for fam in text_string_to_metric_families(body.decode(errors="replace")):
         if not fam.name.startswith("vllm:"):
             continue
         for s in fam.samples:
-            out[s.name] = out.get(s.name, 0.0) + s.value
+            # Histogram buckets keep their bound: `name_bucket:0.3`.
+            key = f"{s.name}:{float(s.labels['le']):g}" if s.name.endswith("_bucket") else s.name
+            out[key] = out.get(key, 0.0) + s.value
     return out

@@ -30,6 +30,7 @@ from simulations.fit import Observation
 from simulations.profile import prefill_attention
 
 REQUEST_TIMEOUT_S = 120.0
+QUEUED_BUCKET_S = 0.3  # vLLM's lowest request-latency bucket bound
 
 
 class Sweep:
@@ -60,18 +61,22 @@ class Sweep:
     # --- what the server does not publish ---------------------------------------------
 
     async def probe_max_num_seqs(self, concurrency: int, output_tokens: int) -> tuple[int, bool]:
-        """(requests in the first wave, whether any had to wait for a later one).
+        """(requests that never waited, whether any waited) for `concurrency` requests at once.
 
-        `concurrency` requests at once, `output_tokens` each: the first wave (at most
-        `max_num_seqs`) gets its first tokens before any request of it finishes; the rest
-        wait for a slot. Read from the streams, not from /metrics: a busy api server
-        updates and serves its gauges too late to catch the wave. The outputs must be long
-        enough that the api server has handed every request to the engine before the
-        first wave ends."""
+        The first wave (at most `max_num_seqs`) is scheduled at once; the rest wait in the
+        engine's queue until a whole wave of `output_tokens` steps is done. vLLM's own
+        `vllm:request_queue_time_seconds` (time in WAITING, measured in the engine, so the
+        api server's own backlog does not count) tells them apart: its lowest bucket
+        (QUEUED_BUCKET_S) holds the first wave, provided one wave lasts longer than that."""
         output_tokens = min(output_tokens, self.facts.max_model_len - 16)
-        traces = await asyncio.gather(*(self._send(8, output_tokens) for _ in range(concurrency)))
-        first_finish = min(t.last for t in traces)  # type: ignore[type-var]
-        first_wave = sum(1 for t in traces if t.first is not None and t.first < first_finish)
+        before = await scrape(self.session, self.facts.url)
+        await asyncio.gather(*(self._send(8, output_tokens) for _ in range(concurrency)))
+        after = await scrape(self.session, self.facts.url)
+        key = f"vllm:request_queue_time_seconds_bucket:{QUEUED_BUCKET_S}"
+        if key not in after:
+            raise RuntimeError("vllm:request_queue_time_seconds has no 0.3 s bucket: cannot probe max_num_seqs "
+                               "(pass --max-num-seqs)")
+        first_wave = int(round(after[key] - before.get(key, 0.0)))
         return first_wave, first_wave < concurrency
 
     async def probe_batched_tokens(self) -> tuple[int, int]:
