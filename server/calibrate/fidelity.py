@@ -98,3 +98,34 @@ def table(rows: dict[str, tuple[Latencies, Latencies]]) -> str:
         cells = "".join(f"{getattr(live, k):>9.3f} /{getattr(model, k):>7.3f} ={r[k]:>5.2f}" for k in FIGURES)
         lines.append(f"{name:<28}{cells}")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Slice:
+    """The trace slice replayed and simulated (calibration never sees it: its prompts are its own)."""
+
+    trace: str
+    start_s: float
+    duration_s: float
+    rate_scale: float = 1.0
+    max_prompt: int = 1024
+    max_output: int = 256
+    seed: int = 11
+
+    def chunks(self) -> list[TraceChunk]:
+        from simulations.traffic import load_traffic
+
+        return list(capped(load_traffic(self.trace, self.rate_scale, self.start_s, self.duration_s, seed=self.seed),
+                           self.max_prompt, self.max_output))
+
+
+def replay_slice(base_url: str, piece: Slice, out_csv: Path, model: str | None = None) -> Latencies:
+    """Replay `piece` open loop against `base_url` (token-id prompts) and measure it."""
+    import asyncio
+
+    from server.loadgen import replay
+    from server.prompts import TokenPrompts
+
+    asyncio.run(replay(piece.chunks(), f"{base_url}/v1/completions", out_csv, model=model,
+                       duration_s=piece.duration_s, timeout_s=300.0, prompts=TokenPrompts(seed=piece.seed)))
+    return measured(out_csv)
