@@ -15,9 +15,11 @@ from server.calibrate.sweep import Plan, Sweep, make_plan
 from simulations.fit import Fit, Observation, fit_step_model
 from simulations.profile import Calibration, PerformanceProfile
 
-# max_num_seqs probes: (requests at once, output tokens each); the second only when the first
-# never queued. 160 is more than a CPU server's default (128) allows.
-PROBES = ((16, 512), (160, 512))
+# max_num_seqs probes: requests at once; the second only when the first never queued. 160 is
+# more than a CPU server's default (128) allows. Each probe's outputs last WAVE_S of decode
+# steps, so the first wave is still running when the api server has handed over the rest.
+PROBES = (16, 160)
+WAVE_S = 1.0
 
 
 @dataclass
@@ -40,7 +42,9 @@ class CalibrationResult:
 async def _limits(sweep: Sweep, facts: ServerFacts, max_num_seqs: int | None, budget: int | None) -> Limits:
     notes: list[str] = []
     if max_num_seqs is None:
-        for concurrency, output in PROBES:
+        step_s = await sweep.one_step_s()
+        output = max(32, min(facts.max_model_len - 16, int(WAVE_S / max(step_s, 1e-5))))
+        for concurrency in PROBES:
             seen, waited = await sweep.probe_max_num_seqs(concurrency, output)
             if waited:
                 break

@@ -60,6 +60,12 @@ class Sweep:
 
     # --- what the server does not publish ---------------------------------------------
 
+    async def one_step_s(self) -> float:
+        """One request's mean time between tokens: roughly one decode step."""
+        trace = await self._send(8, 33)
+        assert trace.first is not None and trace.last is not None
+        return (trace.last - trace.first) / 32
+
     async def probe_max_num_seqs(self, concurrency: int, output_tokens: int) -> tuple[int, bool]:
         """(requests that never waited, whether any waited) for `concurrency` requests at once.
 
@@ -68,7 +74,6 @@ class Sweep:
         `vllm:request_queue_time_seconds` (time in WAITING, measured in the engine, so the
         api server's own backlog does not count) tells them apart: its lowest bucket
         (QUEUED_BUCKET_S) holds the first wave, provided one wave lasts longer than that."""
-        output_tokens = min(output_tokens, self.facts.max_model_len - 16)
         before = await scrape(self.session, self.facts.url)
         await asyncio.gather(*(self._send(8, output_tokens) for _ in range(concurrency)))
         after = await scrape(self.session, self.facts.url)
