@@ -469,11 +469,12 @@ class ReplicaModel:
             # After a preemption the head may fit at the next step: run one step only.
             self._start_segment(single=preempted and bool(self.waiting))
             return
-        self._nothing_to_decode()
+        self._nothing_to_decode(preempted)
 
     def _fit_decodes(self) -> bool:
         """Each decode needs one more KV slot; while they do not fit, preempt the newest
-        running request (vLLM's running loop: allocate_slots fails -> preempt running[-1])."""
+        running request (vLLM's running loop: allocate_slots fails -> preempt running[-1]).
+        Called when they do not fit, so it always preempts: returns True."""
         while self.n_dec and self.kv_used + self.n_dec > self.kv_cap:
             self._preempt_last()
         return True
@@ -487,15 +488,16 @@ class ReplicaModel:
         for req in list(self.prefilling.values()):
             if req.rid not in self.prefilling or step.budget <= 0:
                 break  # preempted by an older request's chunk, or no budget left
-            t = req.prefill_left if req.prefill_left < step.budget else step.budget
-            while t > self.kv_cap - self.kv_used - self.n_dec and req.rid in self.running:
-                self._preempt_last()
-                preempted = True
-            if req.rid not in self.running:
-                break  # it preempted itself: vLLM's running loop stops here
-            if preempted:  # a decode preempted frees its token of the budget
-                step.budget = self.p.max_num_batched_tokens - self.n_dec - step.prefill_tokens
+            while True:
                 t = req.prefill_left if req.prefill_left < step.budget else step.budget
+                if t <= self.kv_cap - self.kv_used - self.n_dec:
+                    break
+                self._preempt_last()  # allocate_slots failed: preempt running[-1]
+                preempted = True
+                if req.rid not in self.running:
+                    return True  # it preempted itself: vLLM's running loop stops here
+                # A preempted decode gives its token of the budget back.
+                step.budget = self.p.max_num_batched_tokens - self.n_dec - step.prefill_tokens
             if self._cache is None:
                 self.kv_used += t  # allocated when scheduled (vLLM allocate_slots)
             else:
@@ -572,9 +574,12 @@ class ReplicaModel:
         self._segment = (now, steps, n_dec, ctx)
         self._event = self.clock.at(now + self.p.decode_steps_time(steps, n_dec, ctx), self._segment_end, steps)
 
-    def _nothing_to_decode(self) -> None:
+    def _nothing_to_decode(self, preempted: bool) -> None:
         """No step to run: reject a head that can never fit, or report idle."""
         if self.running:
+            return
+        if self.waiting and preempted:
+            self._plan()  # this step could not admit: the next one may
             return
         if self.waiting:
             # Nothing runs and the head still does not fit: it never will.
