@@ -1,6 +1,8 @@
 """Fidelity: does the simulator's replica model, calibrated on a live vLLM, predict that server?
 
-1. Start real vLLM (CPU build, tiny local model, `--max-num-seqs` small so queues form).
+1. Start real vLLM (CPU build, the medium tiny model: ~7 ms decode steps, so the engine rather
+   than the api server's streaming is most of the time, as on a GPU; `--max-num-seqs` 4, so
+   queues form).
 2. `qscale calibrate` it (its own random prompts) and write the fitted profile.
 3. Replay a trace slice calibration never used (`qscale load`'s replay, token-id prompts)
    against it; simulate the same slice on one replica of the fitted profile.
@@ -18,7 +20,6 @@ import argparse
 import contextlib
 import json
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -31,6 +32,7 @@ from server.calibrate.fidelity import (  # noqa: E402
     FIGURES,
     Latencies,
     Slice,
+    as_sent,
     ratios,
     replay_slice,
     simulated,
@@ -72,8 +74,8 @@ def serving(args: list[str], timeout_s: float):
 def measure(args: argparse.Namespace, out_dir: Path) -> dict:
     piece = Slice(args.trace, args.start, args.duration, args.rate_scale, args.max_prompt, args.max_output)
     profile_path = out_dir / "fidelity-profile.yaml"
-    vllm = ["--engine", "vllm-cpu", "--tiny", "--python", default_vllm_python(), "--max-num-seqs", str(args.max_num_seqs),
-            "--model-dir", str(Path(tempfile.gettempdir()) / "qscale-tiny-llama")]
+    vllm = ["--engine", "vllm-cpu", "--tiny", "--tiny-size", "medium", "--python", default_vllm_python(),
+            "--max-num-seqs", str(args.max_num_seqs)]
     with serving(vllm, 600) as (base, ready_s):
         print(f"real vLLM ready in {ready_s:.1f}s; calibrating ...", flush=True)
         cal = run_calibration(base, "tiny-llama-cpu", budget_s=args.calibration_budget)
@@ -83,7 +85,7 @@ def measure(args: argparse.Namespace, out_dir: Path) -> dict:
         print(f"calibrated in {cal.duration_s:.0f}s: p90 residual {cal.fit.quantile(0.9):.1%}; replaying ...", flush=True)
         real = replay_slice(base, piece, out_dir / "fidelity-real.csv")
     profile = load_profile(str(profile_path))
-    model = simulated(piece.chunks(), profile)
+    model = simulated(as_sent(out_dir / "fidelity-real.csv", piece.chunks()), profile)
     with serving(["--profile", str(profile_path), "--model-name", "tiny-llama"], 60) as (base, _):
         print("replaying against the emulator ...", flush=True)
         emulated = replay_slice(base, piece, out_dir / "fidelity-emulator.csv")
@@ -110,8 +112,8 @@ def main() -> int:
     ap.add_argument("--trace", default=TRACE)
     ap.add_argument("--start", type=float, default=600.0, help="slice start, seconds into the trace")
     ap.add_argument("--duration", type=float, default=120.0)
-    ap.add_argument("--rate-scale", type=float, default=1.0)
-    ap.add_argument("--max-prompt", type=int, default=1024)
+    ap.add_argument("--rate-scale", type=float, default=0.25, help="of the trace's rate (default: ~70 %% busy)")
+    ap.add_argument("--max-prompt", type=int, default=512)
     ap.add_argument("--max-output", type=int, default=256)
     ap.add_argument("--max-num-seqs", type=int, default=4)
     ap.add_argument("--calibration-budget", type=float, default=120.0)

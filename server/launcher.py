@@ -23,6 +23,7 @@ The Python that has vLLM is `--python`, else `$QSCALE_VLLM_PYTHON`, else the cac
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -96,11 +97,21 @@ def _run_helper(cmd: list[str], env: dict[str, str] | None = None) -> subprocess
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-def prepare_tiny(python: str, directory: Path) -> Path:
-    if (directory / "config.json").is_file() and (directory / "tokenizer.json").is_file():
-        return directory
+def prepare_tiny(python: str, directory: Path, size: str = "small") -> Path:
+    """The tiny model of `size` in `directory`, built there unless it is already (that size)."""
+    from server.tiny_model import config_for
+
+    config = directory / "config.json"
+    if config.is_file() and (directory / "tokenizer.json").is_file():
+        try:
+            built = json.loads(config.read_text())
+        except ValueError:
+            built = {}
+        wanted = config_for(size)
+        if all(built.get(k) == v for k, v in wanted.items() if k != "vocab_size"):
+            return directory
     env = {**os.environ, "PYTHONPATH": f"{SOURCE_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = _run_helper([python, "-m", "server.tiny_model", str(directory)], env=env)
+    proc = _run_helper([python, "-m", "server.tiny_model", str(directory), size], env=env)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
         raise UserError(f"could not build the tiny model with {python}: {last}")
@@ -143,8 +154,10 @@ def launch_vllm(args: argparse.Namespace) -> int:
             raise UserError("--engine vllm-cpu needs --tiny or --model PATH")
         check_vllm(python)
         if args.tiny:
-            directory = Path(args.model_dir or Path(tempfile.gettempdir()) / "qscale-tiny-llama")
-            model = str(prepare_tiny(python, directory))
+            size = getattr(args, "tiny_size", "small")
+            default_dir = "qscale-tiny-llama" if size == "small" else f"qscale-tiny-llama-{size}"
+            directory = Path(args.model_dir or Path(tempfile.gettempdir()) / default_dir)
+            model = str(prepare_tiny(python, directory, size))
         else:
             model = args.model
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")

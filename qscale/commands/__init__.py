@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from qscale.commands import calibrate_cmd, load_cmd, policies_cmd, run_cmd, scoreboard_cmd, serve_cmd, simulate_cmd
+from qscale.commands import (
+    calibrate_cmd,
+    load_cmd,
+    policies_cmd,
+    run_cmd,
+    scoreboard_cmd,
+    serve_cmd,
+    simulate_cmd,
+)
 
 COMMANDS = {
     "policies": (policies_cmd.HELP, policies_cmd.add_arguments, policies_cmd.run),

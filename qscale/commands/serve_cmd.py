@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fault-dir", default=None,
                         help="emulated, fault runs: /metrics shows the fault named in FAULT_DIR/<port> (server/faults.py)")
     parser.add_argument("--tiny", action="store_true", help="vllm-cpu: build and serve a tiny local Llama")
+    parser.add_argument("--tiny-size", choices=["small", "medium"], default="small",
+                        help="vllm-cpu --tiny: small (2 layers, ~1.5 ms a step) or medium (8 layers, ~7 ms)")
     parser.add_argument("--model", default=None, help="vllm: model path or name to pass through")
     parser.add_argument("--model-dir", default=None, help="vllm-cpu --tiny: where to write the tiny model")
     parser.add_argument("--python", default=None, help="python that has vllm installed (default: this one)")

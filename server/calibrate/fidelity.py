@@ -119,6 +119,28 @@ class Slice:
                            self.max_prompt, self.max_output))
 
 
+def as_sent(load_csv: Path, sent_from: list[TraceChunk] | None = None) -> list[TraceChunk]:
+    """The requests a `qscale load` CSV sent, at the times it sent them (the server's arrivals).
+
+    An open-loop client on a busy host sends late (its own event loop is busy reading
+    streams); the model is judged on the arrivals the server saw, not the ones the trace
+    asked for. `sent_from`: the chunks that were replayed, for their prefix hash blocks."""
+    hashes = [h for c in sent_from or [] for h in (c.hashes or [None] * len(c))]
+    rows = []
+    with load_csv.open(newline="") as f:
+        for row in csv.DictReader(f):
+            if row["outcome"] != "skipped":
+                rid = int(row["rid"])
+                rows.append((float(row["sent_s"]), int(row["prompt_tokens"]), int(row["output_tokens"]),
+                             hashes[rid] if rid < len(hashes) else None))
+    rows.sort(key=lambda r: r[0])
+    arrival = np.array([r[0] for r in rows], dtype=float)
+    prompt = np.array([r[1] for r in rows], dtype=np.int64)
+    output = np.array([r[2] for r in rows], dtype=np.int64)
+    kept = [r[3] for r in rows]
+    return [TraceChunk(arrival, prompt, output, kept if any(h is not None for h in kept) else None)]
+
+
 def replay_slice(base_url: str, piece: Slice, out_csv: Path, model: str | None = None) -> Latencies:
     """Replay `piece` open loop against `base_url` (token-id prompts) and measure it."""
     import asyncio
