@@ -467,7 +467,7 @@ class ReplicaModel:
                 return
         if self.n_dec:
             # After a preemption the head may fit at the next step: run one step only.
-            self._start_segment(single=preempted and bool(self.waiting))
+            self._start_segment(preempted and bool(self.waiting))
             return
         self._nothing_to_decode(preempted)
 
@@ -498,8 +498,9 @@ class ReplicaModel:
                     return True  # it preempted itself: vLLM's running loop stops here
                 # A preempted decode gives its token of the budget back.
                 step.budget = self.p.max_num_batched_tokens - self.n_dec - step.prefill_tokens
-            if self._cache is None:
-                self.kv_used += t  # allocated when scheduled (vLLM allocate_slots)
+            cache = self._cache
+            if req.blocks is None and (cache is None or not cache.free):
+                self.kv_used += t  # allocated when scheduled (vLLM allocate_slots); nothing to cache
             else:
                 self._allocate_cached(req, t)
             step.add(req, t)
@@ -525,8 +526,8 @@ class ReplicaModel:
             waiting.popleft()
             self._start_running(req, hits, cached)
             t = req.prefill_left if req.prefill_left < step.budget else step.budget
-            if cache is None:
-                self.kv_used += t  # allocated when scheduled (vLLM allocate_slots)
+            if req.blocks is None and (cache is None or not cache.free):
+                self.kv_used += t  # allocated when scheduled (vLLM allocate_slots); nothing to cache
             else:
                 self._allocate_cached(req, t)
             step.add(req, t)
@@ -613,18 +614,31 @@ class ReplicaModel:
             req.computed += t  # its KV was allocated when the step was scheduled
             if req.prefill_left == 0:
                 self._prefill_done(req)
-        self._finish_decodes()
+        heap = self._decode_heap
+        if heap and heap[0][0] <= self.steps:
+            self._finish_decodes()
         if self._aborted:
             self._apply_aborts()
         self._plan()
 
     def _prefill_done(self, req: Request) -> None:
-        """The step that finished `req`'s prefill sampled its next token."""
+        """The step that finished `req`'s prefill sampled its next token (its first, unless it
+        is recomputing after a preemption)."""
         del self.prefilling[req.rid]
         req.generated += 1
         self.generation_tokens += 1
         if req.first_token is None:
-            self._first_token(req)
+            # vllm:prompt_tokens counts each whole prompt once, cached tokens included, when
+            # its prefill completes (v1/metrics/stats.py IterationStats.num_prompt_tokens,
+            # recorded by loggers.py PrometheusStatLogger.record).
+            self.prompt_tokens += req.prompt
+            now = req.first_token = self.clock.now
+            self.ttft_sum += now - req.arrival
+            self.ttft_count += 1
+            if req.scheduled is not None:
+                self.queue_sum += req.scheduled - req.queued  # Request.queue_s, inlined: hot path
+                self.queue_count += 1
+            self.hooks.first_token(req)
         if req.generated >= req.output:
             self._finish(req)
             return
@@ -633,20 +647,6 @@ class ReplicaModel:
         self.n_dec += 1
         self.ctx_dec += req.prompt + req.generated
         heapq.heappush(self._decode_heap, (self.steps + req.output - req.generated, req.rid, req.epoch, req))
-
-    def _first_token(self, req: Request) -> None:
-        # vllm:prompt_tokens counts each whole prompt once, cached tokens included, when
-        # its prefill completes (v1/metrics/stats.py IterationStats.num_prompt_tokens,
-        # recorded by loggers.py PrometheusStatLogger.record).
-        self.prompt_tokens += req.prompt
-        now = self.clock.now
-        req.first_token = now
-        self.ttft_sum += now - req.arrival
-        self.ttft_count += 1
-        if req.scheduled is not None:
-            self.queue_sum += req.scheduled - req.queued  # Request.queue_s, inlined: hot path
-            self.queue_count += 1
-        self.hooks.first_token(req)
 
     def _finish_decodes(self) -> None:
         heap = self._decode_heap

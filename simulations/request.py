@@ -42,8 +42,8 @@ class Request:
     ) -> None:
         self.rid = rid
         self.arrival = arrival  # when the api server received it (vLLM's arrival_time)
-        self.prompt = max(1, prompt)
-        self.output = max(1, output)
+        self.prompt = prompt if prompt > 1 else 1
+        self.output = output if output > 1 else 1
         self.hashes = hashes
         self.prefill_left = self.prompt  # tokens still to compute before (re)entering decode
         self.computed = 0  # tokens whose KV is in the cache
