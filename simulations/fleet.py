@@ -80,8 +80,9 @@ class Fleet(ReplicaHooks):
 
     def _ended(self, req: Request) -> None:
         self.in_flight -= 1
-        for observer in self.end_observers:
-            observer(req)
+        if self.end_observers:
+            for observer in self.end_observers:
+                observer(req)
 
     # --- sizing -----------------------------------------------------------------------
 

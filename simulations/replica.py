@@ -194,7 +194,7 @@ class PrefixBlocks:
 
 class ReplicaModel:
     __slots__ = (
-        "_cache", "_decode_heap", "_event", "_segment", "analytic", "clock",
+        "_cache", "_decode_heap", "_max_batched", "_max_seqs", "_event", "_segment", "analytic", "clock",
         "ctx_dec", "generation_tokens", "hooks", "kv_cap", "kv_used", "n_dec", "name", "p",
         "preemptions", "prefilling", "prefix_block_tokens", "prefix_caching", "prefix_hits",
         "prefix_queries", "prompt_tokens", "queue_count", "queue_sum", "requests_finished", "running", "steps",
@@ -220,6 +220,8 @@ class ReplicaModel:
         self.analytic = analytic
         self.prefix_block_tokens = prefix_block_tokens
         self.kv_cap = profile.kv_capacity_tokens
+        self._max_seqs = profile.max_num_seqs  # the profile's limits, read on every step
+        self._max_batched = profile.max_num_batched_tokens
         self.waiting: deque[Request] = deque()
         self.running: dict[int, Request] = {}  # admission order
         self.prefilling: dict[int, Request] = {}  # running requests still in prefill
@@ -316,7 +318,7 @@ class ReplicaModel:
         self.waiting.append(req)
         if self._event is None:
             self._plan()
-        elif self._segment is not None and len(self.running) < self.p.max_num_seqs:
+        elif self._segment is not None and len(self.running) < self._max_seqs:
             # It may be admitted: end the decode run at the next step boundary.
             self._cut_segment()
 
@@ -455,8 +457,8 @@ class ReplicaModel:
         preempted = False
         if self.n_dec and self.kv_used + self.n_dec > self.kv_cap:
             preempted = self._fit_decodes()
-        if self.prefilling or (self.waiting and len(self.running) < self.p.max_num_seqs):
-            step = _Step(self.p.max_num_batched_tokens - self.n_dec)
+        if self.prefilling or (self.waiting and len(self.running) < self._max_seqs):
+            step = _Step(self._max_batched - self.n_dec)
             if self.prefilling:
                 preempted = self._continue_prefills(step) or preempted
             if self.waiting and not preempted:
@@ -497,7 +499,7 @@ class ReplicaModel:
                 if req.rid not in self.running:
                     return True  # it preempted itself: vLLM's running loop stops here
                 # A preempted decode gives its token of the budget back.
-                step.budget = self.p.max_num_batched_tokens - self.n_dec - step.prefill_tokens
+                step.budget = self._max_batched - self.n_dec - step.prefill_tokens
             cache = self._cache
             if req.blocks is None and (cache is None or not cache.free):
                 self.kv_used += t  # allocated when scheduled (vLLM allocate_slots); nothing to cache
@@ -509,7 +511,7 @@ class ReplicaModel:
     def _admit(self, step: _Step) -> None:
         """Admit waiting requests in order while budget, KV and `max_num_seqs` allow (vLLM
         Scheduler.schedule, the waiting loop; FCFS: a head that does not fit stops it)."""
-        waiting, running, max_seqs, cache = self.waiting, self.running, self.p.max_num_seqs, self._cache
+        waiting, running, max_seqs, cache = self.waiting, self.running, self._max_seqs, self._cache
         if cache is not None and cache.free:
             self._evict()
         while waiting and step.budget > 0 and len(running) < max_seqs:
