@@ -23,7 +23,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,9 +75,11 @@ def port_is_free(port: int) -> bool:
 
 class LocalReplicas:
     def __init__(self, command, base_port: int, probe_timeout_s: float = 1.0, failure_threshold: int = 2,
-                 restart_after_s: float = 20.0, stop_grace_s: float = 30.0) -> None:
-        """`command(port)`: the argv of one replica listening on `port`."""
+                 restart_after_s: float = 20.0, stop_grace_s: float = 30.0,
+                 env: Mapping[str, str] | None = None) -> None:
+        """`command(port)`: the argv of one replica listening on `port`; `env`: added to its environment."""
         self.command = command
+        self.env = dict(env or {})
         self.base_port = base_port
         self.probe_timeout_s = probe_timeout_s
         self.failure_threshold = failure_threshold
@@ -123,7 +125,8 @@ class LocalReplicas:
         name = f"replica-{next(self._ids)}"
         stderr = self._logs / f"{name}.stderr"
         with stderr.open("wb") as err:
-            proc = spawn(self.command(port), env={**os.environ, "QSCALE_LOG_FORMAT": "json"}, stderr=err)
+            proc = spawn(self.command(port), env={**os.environ, **self.env, "QSCALE_LOG_FORMAT": "json"},
+                         stderr=err)
         rep = LocalReplica(name, port, proc, time.time(), stderr=stderr)
         self.replicas.append(rep)
         log.info("replica started", replica=name, port=port, pid=proc.pid)
