@@ -110,9 +110,9 @@ def report(found: dict) -> tuple[str, dict]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trace", default=TRACE)
-    ap.add_argument("--start", type=float, default=600.0, help="slice start, seconds into the trace")
+    ap.add_argument("--start", type=float, default=1200.0, help="slice start, seconds into the trace")
     ap.add_argument("--duration", type=float, default=120.0)
-    ap.add_argument("--rate-scale", type=float, default=0.25, help="of the trace's rate (default: ~70 %% busy)")
+    ap.add_argument("--rate-scale", type=float, default=0.2, help="of the trace's rate (default: ~60 %% busy)")
     ap.add_argument("--max-prompt", type=int, default=512)
     ap.add_argument("--max-output", type=int, default=256)
     ap.add_argument("--max-num-seqs", type=int, default=4)
