@@ -64,6 +64,9 @@ class TargetConfig(BaseModel):
     local: LocalFleetConfig | None = None
     kubernetes: KubernetesTarget | None = None
     stuck_pending_s: float = Field(600.0, gt=0)
+    profile: str | None = Field(None, description="a performance profile (built-in name, or the YAML "
+                                "`qscale calibrate` wrote for these replicas) whose step-time model and "
+                                "limits policies that model the engine (hybrid) use")
 
     @field_validator("policy")
     @classmethod
@@ -88,11 +91,14 @@ class TargetConfig(BaseModel):
         return self
 
     def _local_engine(self) -> dict[str, Any] | None:
-        """Emulated local replicas run a known profile: policies that model the engine get it."""
-        if self.backend != "local" or self.local is None or self.local.engine != "emulated":
-            return None
+        """The engine model policies get: the target's `profile` (e.g. calibrated on these
+        replicas), else the profile emulated local replicas run; none otherwise."""
         from simulations.profile import load_profile
 
+        if self.profile is not None:
+            return load_profile(self.profile).engine()
+        if self.backend != "local" or self.local is None or self.local.engine != "emulated":
+            return None
         engine = load_profile(self.local.profile).engine()
         if self.local.max_num_seqs:
             engine["max_num_seqs"] = self.local.max_num_seqs

@@ -24,6 +24,7 @@ class EngineParams(BaseModel):
     prefill_token_s: float = Field(3.2e-05, ge=0)
     decode_seq_s: float = Field(7.0e-05, ge=0)
     context_token_s: float = Field(3.9e-08, ge=0)
+    prefill_attention_s: float = Field(0.0, ge=0, description="per attention pair of a prefill (calibrated profiles)")
     kv_cache_tokens: int = Field(400_000, gt=0, description="num_gpu_blocks x block_size")
     max_num_seqs: int = Field(256, gt=0)
     kv_fill: float = Field(0.9, gt=0, le=1, description="share of the KV cache a full batch uses")
@@ -44,7 +45,10 @@ class EngineParams(BaseModel):
         """
         context = max(prompt + output / 2.0, context or 0.0)
         per_token = self.base_s / self.batch(context) + self.decode_seq_s + self.context_token_s * context
-        return self.prefill_token_s * computed_prompt + output * per_token
+        cached = max(prompt - computed_prompt, 0.0)
+        # Each computed prompt token attends over the cached ones and those before it.
+        attention = computed_prompt * (cached + (computed_prompt + 1) / 2.0)
+        return self.prefill_token_s * computed_prompt + self.prefill_attention_s * attention + output * per_token
 
 
 def with_engine(policy: str, params: dict[str, Any], engine: dict[str, Any] | None) -> dict[str, Any]:

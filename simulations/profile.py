@@ -104,7 +104,7 @@ class PerformanceProfile(BaseModel):
         """This profile as a policy's `engine` parameter (`policies.engine.EngineParams`)."""
         return {"base_s": self.base_s, "prefill_token_s": self.prefill_token_s,
                 "decode_seq_s": self.decode_seq_s, "context_token_s": self.context_token_s,
-                "kv_cache_tokens": self.kv_capacity_tokens, "max_num_seqs": self.max_num_seqs}
+                "prefill_attention_s": self.prefill_attention_s, "kv_cache_tokens": self.kv_capacity_tokens, "max_num_seqs": self.max_num_seqs}
 
     def step_time(self, prefill_tokens: int, decode_seqs: int, context_tokens: float,
                   prefill_attention: float = 0.0) -> float:
