@@ -230,3 +230,30 @@ def test_no_replica_goes_while_a_queue_waits_for_one_still_starting():
         rs = [ready("a", 2, 0), ready("b", 2, 0), starting("c", started_at=0.0)]
         wanted.append(p.decide(feed(float(t), rs, current=3)).desired_replicas)
     assert min(wanted) >= 3, wanted
+
+
+def test_one_low_queue_reading_does_not_cancel_what_the_queue_ordered():
+    """A busy vLLM api server serves its waiting gauge late or low now and then: a replica the
+    queue ordered was cancelled on the first reading that showed no queue (seen with real vLLM on
+    2 cores), though the queue was back the next tick. What a backlog ordered counts as needed
+    for `cancel_starting_after_s` like any other term."""
+    p = registry.create("hybrid", min_replicas=1, max_replicas=3, min_history_s=0, cancel_starting_after_s=20,
+                        demand_halflife_s=20, drain_target_s=10, default_cold_start_s=30,
+                        prior_prompt_tokens=100, prior_output_tokens=800,
+                        engine={"base_s": 1e-4, "prefill_token_s": 2e-5, "decode_seq_s": 1.6e-3,
+                                "context_token_s": 0.0, "max_num_seqs": 2})  # ~1.3 replica-s a request
+    feed = Feed()
+    for t in range(0, 20, 2):  # one replica, idle
+        p.decide(feed(float(t), [ready("a", 0, 0)], current=1))
+    queue, t, up = 0, 20, None
+    while up is None or up.desired_replicas == 1:  # ~2 req/s arrive, the one replica serves 2 at a time
+        queue += 4
+        t += 2
+        up = p.decide(feed(float(t), [ready("a", waiting=queue, running=2)], current=1))
+        assert t < 120, "the queue never ordered a replica"
+    assert up.desired_replicas == 2 and "backlog" in up.reason, up
+    ordered_at, decisions = t, []
+    for dt, waiting in ((2, 0), (4, queue), (6, 0), (8, queue), (10, 0)):  # the gauge reads 0 at times
+        rs = [ready("a", waiting=waiting, running=2), starting("b", started_at=float(ordered_at))]
+        decisions.append(p.decide(feed(float(ordered_at + dt), rs, current=2)))
+    assert all(d.desired_replicas >= 2 for d in decisions), [(d.desired_replicas, d.reason) for d in decisions]

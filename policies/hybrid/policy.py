@@ -58,6 +58,8 @@ class HybridPolicy(Policy):
         self.demand = DemandTracker(p.demand_halflife_s, p.level_window_s, p.trend_window_s, p.burst_history_s)
         # (time, replicas wanted) for the scale-down windows: the stabilization, or a cold start
         self._needed = TimedWindow(max(3600.0, p.scale_down_stabilization_s or 0.0, p.default_cold_start_s))
+        # (time, replicas ordered, backlog included) for cancelling starting replicas
+        self._ordered = TimedWindow(max(60.0, p.cancel_starting_after_s))
         self._removals = TimedWindow(p.scale_down_period_s)
         self._last_time: float | None = None
         self._first_time: float | None = None
@@ -119,6 +121,7 @@ class HybridPolicy(Policy):
                  "mean_output": self.mix.output.value, "kv_context": self.mix.context.value, "raw": raw}
         # A backlog is transient by nature: what it orders is not kept through the stabilization.
         self._needed.add(s.time, self.ceil_bounded(want - backlog, s.current_replicas))
+        self._ordered.add(s.time, raw)
         current = s.current_replicas
         if raw > current:
             return Decision(raw, f"scale up for {self._why(warm + ahead, now, backlog, floor)}", terms)
@@ -140,9 +143,10 @@ class HybridPolicy(Policy):
             # still starting (it may be the replacement of one that failed, not an order).
             terms.update(stabilized=current, cancel_starting=0, release_ready=0)
             return Decision(current, "scale-down stabilizing: too little history", terms)
-        # Replicas still starting serve nobody yet: cancel those not needed for a short while,
-        # unless a queue is waiting for them.
-        recent = int(self._needed.max_since(s.time - p.cancel_starting_after_s, raw))
+        # Replicas still starting serve nobody yet: cancel those no term (a backlog included)
+        # has wanted for `cancel_starting_after_s`, unless a queue is waiting for them. One low
+        # reading of a busy server's queue gauge must not cancel what the queue ordered.
+        recent = int(self._ordered.max_since(s.time - p.cancel_starting_after_s, raw))
         queue = s.total_waiting > s.ready_replicas
         cancel = 0 if queue else min(s.starting_replicas, max(0, current - recent))
         # Ready replicas: keep what was needed within the window, then a percentage per period.
@@ -151,9 +155,9 @@ class HybridPolicy(Policy):
         self._removals.evict(s.time)
         allowed = max(1, math.floor(current * p.scale_down_percent / 100)) - int(self._removals.total())
         release = min(max(0, allowed), max(0, current - cancel - stabilized))
-        if queue and s.starting_replicas:
+        if s.starting_replicas:
             # A fleet removes replicas not yet ready first (a ReplicaSet does): releasing a ready
-            # one now would cancel a starting one that the queue is waiting for.
+            # one now would cancel a starting one, which only the cancel rule above may do.
             release = 0
         terms.update(stabilized=stabilized, cancel_starting=cancel, release_ready=release)
         if cancel + release == 0:
