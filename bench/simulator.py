@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the `policies` package, not bench/policies.py beside this script
 
 
 def one_run(trace: str, rate_scale: float, duration: float | None, analytic: bool) -> dict:
