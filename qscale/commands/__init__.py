@@ -6,10 +6,12 @@ from qscale.commands import (
     calibrate_cmd,
     load_cmd,
     policies_cmd,
+    record_cmd,
     run_cmd,
     scoreboard_cmd,
     serve_cmd,
     simulate_cmd,
+    tune_cmd,
 )
 
 COMMANDS = {
@@ -20,4 +22,6 @@ COMMANDS = {
     "load": (load_cmd.HELP, load_cmd.add_arguments, load_cmd.run),
     "run": (run_cmd.HELP, run_cmd.add_arguments, run_cmd.run),
     "calibrate": (calibrate_cmd.HELP, calibrate_cmd.add_arguments, calibrate_cmd.run),
+    "record": (record_cmd.HELP, record_cmd.add_arguments, record_cmd.run),
+    "tune": (tune_cmd.HELP, tune_cmd.add_arguments, tune_cmd.run),
 }
