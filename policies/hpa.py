@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from policies.base import Policy, PolicyParams
 from policies.decision import Decision
 from policies.signals import ReplicaSample, ReplicaState, Signals
+from policies.tunable import Tunable
 
 PodMetric = Literal["waiting", "running", "in_flight", "kv_cache_usage"]
 
@@ -80,7 +81,8 @@ class HpaBehaviorParams(PolicyParams):
 
     min_replicas: int = 1
     max_replicas: int = 10
-    target_average_value: float = Field(5.0, gt=0)
+    # Searched wide: a good target on requests in flight is 10-100x one on waiting requests.
+    target_average_value: Annotated[float, Tunable(0.25, 512, log=True)] = Field(5.0, gt=0)
     tolerance: float = Field(0.1, ge=0, lt=1)
     sync_period_s: float = Field(15.0, gt=0)
     scale_up: ScalingRules = DEFAULT_SCALE_UP
@@ -88,7 +90,7 @@ class HpaBehaviorParams(PolicyParams):
 
 
 class HpaParams(HpaBehaviorParams):
-    metric: PodMetric = "waiting"
+    metric: Annotated[PodMetric, Tunable(choices=("waiting", "in_flight"))] = "waiting"
 
 
 @dataclass(slots=True)

@@ -22,7 +22,7 @@ through KEDA's metrics adapter and its cache.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -30,6 +30,7 @@ from policies.base import Policy
 from policies.decision import Decision
 from policies.hpa import HpaBehaviorParams, HpaController
 from policies.signals import Signals
+from policies.tunable import Tunable
 
 FleetMetric = Literal["waiting", "running", "in_flight"]
 
@@ -45,11 +46,12 @@ def fleet_metric(signals: Signals, metric: FleetMetric) -> float:
 class KedaParams(HpaBehaviorParams):
     min_replicas: int = Field(0, description="minReplicaCount; 0 allows scale to zero")
     max_replicas: int = Field(100, description="maxReplicaCount")
-    metric: FleetMetric = "waiting"
-    target_average_value: float = Field(5.0, gt=0, description="threshold per replica")
+    metric: Annotated[FleetMetric, Tunable(choices=("waiting", "in_flight"))] = "waiting"
+    target_average_value: Annotated[float, Tunable(0.25, 512, log=True)] = Field(
+        5.0, gt=0, description="threshold per replica")
     activation_threshold: float = Field(0.0, ge=0, description="active when metric > this")
-    polling_interval_s: float = Field(30.0, gt=0)
-    cooldown_period_s: float = Field(300.0, ge=0)
+    polling_interval_s: Annotated[float, Tunable(5, 60, log=True)] = Field(30.0, gt=0)
+    cooldown_period_s: Annotated[float, Tunable(30, 900, log=True)] = Field(300.0, ge=0)
 
 
 def replicas_for_external_metric(

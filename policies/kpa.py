@@ -21,27 +21,29 @@ and the excess-burst-capacity (activator placement) logic are not modelled. The 
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 from pydantic import Field
 
 from policies.base import Policy, PolicyParams
 from policies.decision import Decision
 from policies.signals import Signals
+from policies.tunable import Tunable
 from policies.windows import TimedWindow
 
 
 class KpaParams(PolicyParams):
     min_replicas: int = Field(0, description="min-scale")
     max_replicas: int = Field(100, description="max-scale")
-    target: float = Field(
+    target: Annotated[float, Tunable(1, 1024, log=True)] = Field(
         100.0, gt=0, description="container-concurrency-target (requests in flight per replica)"
     )
     target_utilization: float = Field(0.7, gt=0, le=1, description="target-utilization-percentage/100")
-    stable_window_s: float = Field(60.0, ge=6, le=3600)
+    stable_window_s: Annotated[float, Tunable(6, 600, log=True)] = Field(60.0, ge=6, le=3600)
     panic_window_percentage: float = Field(10.0, ge=1, le=100)
-    panic_threshold_percentage: float = Field(200.0, ge=110, le=1000)
+    panic_threshold_percentage: Annotated[float, Tunable(110, 1000, log=True)] = Field(200.0, ge=110, le=1000)
     max_scale_up_rate: float = Field(1000.0, gt=1)
-    max_scale_down_rate: float = Field(2.0, gt=1)
+    max_scale_down_rate: Annotated[float, Tunable(1.1, 10, log=True)] = Field(2.0, gt=1)
     scale_to_zero_grace_period_s: float = Field(30.0, ge=0)
     tick_s: float = Field(2.0, gt=0)
 

@@ -16,7 +16,7 @@ from simulations.oracle import OracleParams, OraclePolicy, OracleSearch, initial
 from simulations.profile import PerformanceProfile
 from simulations.references import BOUND, NAMES, ORACLE, STATIC_BEST, References, find_references
 from simulations.request import Request
-from simulations.runner import SimConfig, SimResult, simulate
+from simulations.runner import Checkpoints, SimConfig, SimResult, simulate
 from simulations.traffic import TraceChunk
 from simulations.work import TraceWork
 
@@ -126,14 +126,15 @@ class Workbench:
         self.on_request: Callable[[str], Callable | None] = lambda label: None
         self.runs = 0
 
-    def run(self, policy: Policy, label: str, record: bool = True, initial: int | None = None) -> SimResult:
+    def run(self, policy: Policy, label: str, record: bool = True, initial: int | None = None,
+            checkpoints: Checkpoints | None = None) -> SimResult:
         """`initial`: this run's own warm fleet (the reference points': a constant fleet has
         always been at its size, a clairvoyant schedule at its first need)."""
         bar = self.progress(label, self.work.duration_s) if self.progress else None
         on_request = self.on_request(label) if record else None
         cfg = self.cfg if initial is None else self.cfg.model_copy(update={"initial_replicas": initial})
         result = simulate(self.traffic(), policy, cfg, progress=bar, policy_name=label,
-                          on_request=on_request)
+                          on_request=on_request, checkpoints=checkpoints)
         if bar is not None and hasattr(bar, "close"):
             bar.close()
         self.runs += 1

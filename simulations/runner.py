@@ -30,6 +30,30 @@ from simulations.traffic import TraceChunk
 Progress = Callable[[float], None]  # called with simulated seconds done
 
 
+@dataclass(frozen=True)
+class Partial:
+    """A run so far, as a checkpoint sees it (for stopping hopeless runs early). Requests
+    still waiting for their first token count as misses: a backlog is not yet a success."""
+
+    t: float
+    servable: int  # arrived and not rejected
+    slo_met: int
+    gpu_hours: float
+
+    @property
+    def attainment(self) -> float:
+        return self.slo_met / self.servable if self.servable else 1.0
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """Call `call` with the run so far every `every_s` simulated seconds; an exception it
+    raises ends the run there (how a tuner prunes a trial)."""
+
+    every_s: float
+    call: Callable[[Partial], None]
+
+
 class SimConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
@@ -102,9 +126,11 @@ class _Ticker:
     """The autoscaler loop inside the simulation."""
 
     def __init__(self, loop: EventLoop, fleet: Fleet, controller: Controller, cfg: SimConfig,
-                 stats: RequestStats, rng: np.random.Generator) -> None:
+                 stats: RequestStats, rng: np.random.Generator, checkpoints: Checkpoints | None = None) -> None:
         self.loop, self.fleet, self.controller, self.cfg, self.stats = loop, fleet, controller, cfg, stats
         self.rng = rng
+        self.checkpoints = checkpoints
+        self._next_checkpoint = checkpoints.every_s if checkpoints else math.inf
         self.lagged: deque[tuple[float, list[ReplicaReading], float]] = deque()
         self.scale_events = 0
         self.flaps = 0
@@ -153,7 +179,15 @@ class _Ticker:
         self._acc["n"] += 1
         if now >= self._next_row:
             self._row(now, desired)
+        if now >= self._next_checkpoint:
+            self._checkpoint(now)
         loop.after(cfg.tick_s, self.tick)
+
+    def _checkpoint(self, now: float) -> None:
+        assert self.checkpoints is not None
+        self._next_checkpoint += self.checkpoints.every_s
+        s = self.stats
+        self.checkpoints.call(Partial(now, s.arrived - s.rejected, s.slo_met, self.fleet.gpu_seconds() / 3600.0))
 
     def _row(self, now: float, desired: int) -> None:
         ready, starting, draining = self.fleet.counts()
@@ -178,8 +212,10 @@ def simulate(
     progress: Progress | None = None,
     on_request: Callable[[Request], None] | None = None,
     policy_name: str | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> SimResult:
-    """Run `policy` on `traffic`. `on_request`: called once with each request when it ends."""
+    """Run `policy` on `traffic`. `on_request`: called once with each request when it ends;
+    `checkpoints`: the run so far, every so many simulated seconds."""
     loop = EventLoop()
     rng = np.random.default_rng(cfg.seed)
     stats = RequestStats(cfg.slo_ttft_s)
@@ -188,7 +224,7 @@ def simulate(
     if on_request is not None:
         fleet.on_end(on_request)
     fleet.start_warm(cfg.initial_replicas)
-    ticker = _Ticker(loop, fleet, Controller(policy, cfg.limits), cfg, stats, rng)
+    ticker = _Ticker(loop, fleet, Controller(policy, cfg.limits), cfg, stats, rng, checkpoints)
     loop.at(0.0, ticker.tick)
     last_arrival = _feed(traffic, loop, fleet, progress)
     _drain(loop, fleet, last_arrival + cfg.max_drain_s)

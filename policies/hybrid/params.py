@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from policies.base import PolicyParams
 from policies.engine import EngineParams
+from policies.tunable import Tunable
 
 
 class ScheduleWindow(BaseModel):
@@ -32,20 +34,21 @@ class ScheduleWindow(BaseModel):
 
 
 class HybridParams(PolicyParams):
-    min_replicas: int = 1
+    # The warm baseline: how large depends on the traffic, so it is searched.
+    min_replicas: Annotated[int, Tunable(0, 8, integer=True)] = 1
     max_replicas: int = 50
     engine: EngineParams = Field(default_factory=EngineParams,
                                  description="a replica's step-time model: the prior for its capacity")
-    target_utilization: float = Field(0.9, gt=0, le=1.5, description="share of a replica's full-batch capacity sustained demand is planned at")
-    demand_halflife_s: float = Field(10.0, ge=0, description="smoothing of the demand now")
-    level_window_s: float = Field(300.0, gt=0, description="the demand's level is its lower quartile over this window")
-    trend_window_s: float = Field(120.0, gt=0, description="the trend compares the demand's lower quartiles over windows this long")
-    burst_quantile: float = Field(0.9, ge=0, le=1, description="quantile of past bursts (peak above level within a cold start) kept warm")
+    target_utilization: Annotated[float, Tunable(0.5, 1.2)] = Field(0.9, gt=0, le=1.5, description="share of a replica's full-batch capacity sustained demand is planned at")
+    demand_halflife_s: Annotated[float, Tunable(2, 60, log=True)] = Field(10.0, ge=0, description="smoothing of the demand now")
+    level_window_s: Annotated[float, Tunable(60, 1800, log=True)] = Field(300.0, gt=0, description="the demand's level is its lower quartile over this window")
+    trend_window_s: Annotated[float, Tunable(30, 600, log=True)] = Field(120.0, gt=0, description="the trend compares the demand's lower quartiles over windows this long")
+    burst_quantile: Annotated[float, Tunable(0.5, 1.0)] = Field(0.9, ge=0, le=1, description="quantile of past bursts (peak above level within a cold start) kept warm")
     burst_history_s: float = Field(1800.0, gt=0, description="how far back bursts are remembered")
     mix_halflife_s: float = Field(60.0, gt=0, description="smoothing of the learned request sizes")
     prior_prompt_tokens: float = Field(1000.0, gt=0, description="mean prompt until measured")
     prior_output_tokens: float = Field(200.0, gt=0, description="mean output until measured")
-    drain_target_s: float = Field(60.0, gt=0, description="a backlog that outlasts a cold start is drained this long after it")
+    drain_target_s: Annotated[float, Tunable(15, 300, log=True)] = Field(60.0, gt=0, description="a backlog that outlasts a cold start is drained this long after it")
     default_cold_start_s: float = Field(180.0, ge=0)
     cold_start_min_observations: int = Field(3, ge=1)
     cold_start_quantile: float = Field(0.75, ge=0, le=1)
@@ -55,7 +58,7 @@ class HybridParams(PolicyParams):
         None, ge=0, description="ready replicas are kept this long after they were last needed (None: one cold start)")
     min_history_s: float = Field(
         600.0, ge=0, description="no ready replica is released before demand was watched this long")
-    scale_down_percent: float = Field(25.0, gt=0, le=100, description="most of the fleet removed per period")
+    scale_down_percent: Annotated[float, Tunable(5, 100, log=True)] = Field(25.0, gt=0, le=100, description="most of the fleet removed per period")
     scale_down_period_s: float = Field(30.0, gt=0)
     cancel_starting_after_s: float = Field(20.0, ge=0, description="a starting replica no longer needed this long is cancelled")
 
