@@ -10,8 +10,12 @@ import argparse
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from policies.errors import UserError
+
+if TYPE_CHECKING:
+    from simulations.traffic.columns import ColumnMap
 
 DAY_S = 86_400.0
 
@@ -142,3 +146,22 @@ def check_http_url(url: str, flag: str = "--url") -> str:
     if parsed.scheme not in ("http", "https") or not parsed.hostname or port in (-1, 0):
         raise UserError(f"{flag} must be http(s)://host[:port] with a port in 1-65535, got {url!r}")
     return url.rstrip("/")
+
+
+def add_columns_argument(parser: argparse.ArgumentParser) -> None:
+    """`--columns`, for the commands that read a trace (simulate, tune): which columns of a
+    request log hold the time and the token counts."""
+    parser.add_argument(
+        "--columns", type=_column_map, default=None, metavar="time=COL[:UNIT],prompt=COL,output=COL",
+        help="read --trace as a request log with these columns (CSV header names or JSON keys, "
+             "usage.x for nested ones; UNIT of numeric times: s, ms, us, ns); roles left out are "
+             "found by their usual names")
+
+
+def _column_map(text: str) -> ColumnMap:
+    from simulations.traffic.columns import ColumnMap
+
+    try:
+        return ColumnMap.parse(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from policies.errors import UserError
-from qscale.commands.checks import DAY_S, distinct, number, output_file, whole
+from qscale.commands.checks import DAY_S, add_columns_argument, distinct, number, output_file, whole
 from simulations.traffic.limits import MAX_RATE_SCALE, MAX_SPAN_S
 
 HELP = "replay a trace against a simulated fleet and compare scaling policies"
@@ -18,6 +18,7 @@ MAX_REPLICAS = 10_000
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trace", required=True, help="trace file, or synthetic:NAME?k=v (poisson, mmpp, diurnal, ramp, step)")
+    add_columns_argument(parser)
     parser.add_argument("--policy", action="append", required=True, help="policy name (repeat); reference points: bound, oracle, static-best")
     parser.add_argument("--set", action="append", default=[], metavar="POLICY.PARAM=VALUE", help="policy parameter (repeat)")
     parser.add_argument("--rate-scale", type=number(0, MAX_RATE_SCALE, above=True), default=1.0,
@@ -66,7 +67,8 @@ def run(args: argparse.Namespace, settings) -> int:
     cfg = _sim_config(args, settings.simulation)
 
     def traffic():
-        return load_traffic(args.trace, args.rate_scale, args.start, args.duration, seed=args.seed)
+        return load_traffic(args.trace, args.rate_scale, args.start, args.duration, seed=args.seed,
+                            columns=args.columns)
 
     traffic()  # the source, its first rows, a slice past its end: checked before any run
 

@@ -7,6 +7,7 @@ import math
 from collections.abc import Iterator
 
 from policies.errors import UserError
+from simulations.traffic.columns import ColumnMap
 from simulations.traffic.limits import MAX_RATE_SCALE, MAX_SPAN_S
 from simulations.traffic.loaders import TraceChunk, detect_format, open_trace
 from simulations.traffic.synthetic import generate
@@ -19,14 +20,21 @@ def load_traffic(
     start_s: float = 0.0,
     duration_s: float | None = None,
     seed: int = 0,
+    columns: ColumnMap | None = None,
 ) -> Iterator[TraceChunk]:
-    """A trace path or `synthetic:NAME?...`, sliced and rate-scaled, as a chunk stream.
+    """A trace path or `synthetic:NAME?...`, sliced and rate-scaled, as a chunk stream;
+    `columns`: read the trace as a request log with these columns (`ColumnMap.parse`).
 
     Checked now, before any consumer starts: the parameters, the source, and that the
     stream holds at least one request (reading the trace up to its first one in the slice).
     """
     _check_slice(rate_scale, start_s, duration_s)
-    chunks = generate(source) if source.startswith("synthetic:") else open_trace(source)
+    if source.startswith("synthetic:"):
+        if columns is not None:
+            raise UserError(f"a column mapping applies to a trace file, not to {source}")
+        chunks = generate(source)
+    else:
+        chunks = open_trace(source, columns)
     if start_s or duration_s is not None:
         chunks = time_slice(chunks, start_s, duration_s)
     if rate_scale != 1.0:
@@ -61,4 +69,4 @@ def _not_empty(chunks: Iterator[TraceChunk], error: str) -> Iterator[TraceChunk]
     raise UserError(error)
 
 
-__all__ = ["TraceChunk", "detect_format", "load_traffic", "open_trace"]
+__all__ = ["ColumnMap", "TraceChunk", "detect_format", "load_traffic", "open_trace"]

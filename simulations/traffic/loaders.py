@@ -12,7 +12,12 @@ Formats:
 * `burstgpt`: BurstGPT CSV (`Timestamp`, ..., `Request tokens`, `Response tokens`, ...),
   with or without the v2 `Session ID`/`Elapsed time` columns; failed requests
   (`Response tokens` = 0) are kept as 1-token responses;
-* `generic`: `timestamp_s,input_tokens,output_tokens`.
+* `generic`: `timestamp_s,input_tokens,output_tokens`;
+* `openai`: request logs from gateways and APIs, CSV or JSON lines (`logs.py`): a time
+  column (`timestamp`, `time`, `created`, `created_at`, `start_time`, ...; ISO-8601 or epoch
+  numbers) and `prompt_tokens`/`completion_tokens` or `input_tokens`/`output_tokens`, also in
+  a nested OpenAI `usage` object; a `ColumnMap` (`--columns`) names any other columns, and
+  with one any file is read this way.
 
 Every row is checked as it streams: timestamps finite and, across chunks, in order; token
 counts whole, in [0, 10M]. A bad row is a one-line error naming its line.
@@ -21,6 +26,7 @@ counts whole, in [0, 10M]. A bad row is a one-line error naming its line.
 from __future__ import annotations
 
 import csv
+import functools
 import itertools
 import json
 from collections.abc import Callable, Iterator
@@ -31,6 +37,7 @@ from typing import Protocol
 import numpy as np
 
 from policies.errors import UserError
+from simulations.traffic.columns import ColumnMap, json_fields, match_columns
 from simulations.traffic.limits import MAX_SPAN_S, MAX_TOKENS
 
 CHUNK_ROWS = 65_536
@@ -248,11 +255,27 @@ def read_mooncake(path: Path) -> Iterator[TraceChunk]:
             yield TraceChunk(arrival, prompt[order], np.maximum(output[order], 1), [hashes[i] for i in order])
 
 
+def read_log(path: Path, columns: ColumnMap | None = None) -> Iterator[TraceChunk]:
+    """A gateway or API request log (`logs.py`, imported when called: it builds on this module)."""
+    from simulations.traffic import logs
+
+    return logs.read_log(path, columns)
+
+
 LOADERS: dict[str, Callable[[Path], Iterator[TraceChunk]]] = {
     "azure": read_azure,
     "mooncake": read_mooncake,
     "burstgpt": read_burstgpt,
     "generic": read_generic,
+    "openai": read_log,
+}
+
+# CSV layouts known by their header (lower-cased names), tried in this order before the
+# request-log columns (a `generic` header would also read as a log, in the same seconds).
+CSV_HEADERS: dict[str, set[str]] = {
+    "azure": {"timestamp", "contexttokens", "generatedtokens"},
+    "burstgpt": {"timestamp", "request tokens", "response tokens"},
+    "generic": {"timestamp_s", "input_tokens", "output_tokens"},
 }
 
 
@@ -273,6 +296,12 @@ def _require(path: Path, cols: dict[str, int | None]) -> dict[str, int]:
 
 def detect_format(path: Path) -> str:
     """Name the trace format from the first line, or raise a one-line error."""
+    first = _first_line(path)
+    return _json_format(path, first) if first.startswith("{") else _csv_format(path, first)
+
+
+def _first_line(path: Path) -> str:
+    """The file's first line: the file found, readable, not empty."""
     if not path.is_file():
         raise UserError(f"trace file not found: {path}")
     try:
@@ -282,30 +311,46 @@ def detect_format(path: Path) -> str:
         raise UserError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if not first:
         raise UserError(f"{path}: empty file")
-    if first.startswith("{"):
-        try:
-            rec = json.loads(first)
-        except ValueError:
-            raise UserError(f"{path}: first line is not JSON") from None
-        if {"timestamp", "input_length", "output_length"} <= rec.keys():
-            return "mooncake"
-        raise UserError(f"{path}: unknown JSONL layout (keys: {', '.join(sorted(rec))})")
-    header = {h.strip().lower() for h in next(csv.reader([first]))}
-    if {"timestamp", "contexttokens", "generatedtokens"} <= header:
-        return "azure"
-    if {"timestamp", "request tokens", "response tokens"} <= header:
-        return "burstgpt"
-    if {"timestamp_s", "input_tokens", "output_tokens"} <= header:
-        return "generic"
+    return first
+
+
+def _json_format(path: Path, first: str) -> str:
+    try:
+        rec = json.loads(first)
+    except ValueError:
+        raise UserError(f"{path}: first line is not JSON") from None
+    if {"timestamp", "input_length", "output_length"} <= rec.keys():
+        return "mooncake"
+    if not match_columns([".".join(f) for f in json_fields(rec)], None)[1]:
+        return "openai"
+    raise UserError(f"{path}: unknown JSONL layout (keys: {', '.join(sorted(rec))}); "
+                    "name the time and token fields with --columns")
+
+
+def _csv_format(path: Path, first: str) -> str:
+    names = next(csv.reader([first]))
+    header = {h.strip().lower() for h in names}
+    known = next((fmt for fmt, needed in CSV_HEADERS.items() if needed <= header), None)
+    if known is not None:
+        return known
+    if not match_columns(names, None)[1]:
+        return "openai"
     raise UserError(
-        f"{path}: unknown column layout ({first[:80]}); expected Azure, BurstGPT, Mooncake JSONL "
-        "or timestamp_s,input_tokens,output_tokens"
+        f"{path}: unknown column layout ({first[:80]}); expected Azure, BurstGPT, Mooncake JSONL, "
+        "timestamp_s,input_tokens,output_tokens, or a request log (a time column and "
+        "prompt_tokens/completion_tokens or input_tokens/output_tokens); or name the columns "
+        "with --columns"
     )
 
 
-def open_trace(path: str | Path) -> Iterator[TraceChunk]:
+def open_trace(path: str | Path, columns: ColumnMap | None = None) -> Iterator[TraceChunk]:
+    """A trace file's chunks, its format detected; with `columns`, read as a request log with
+    those columns whatever its header."""
     p = Path(path)
-    return _readable(p, LOADERS[detect_format(p)])
+    if columns is None:
+        return _readable(p, LOADERS[detect_format(p)])
+    _first_line(p)
+    return _readable(p, functools.partial(read_log, columns=columns))
 
 
 def _readable(path: Path, read: Callable[[Path], Iterator[TraceChunk]]) -> Iterator[TraceChunk]:
