@@ -65,7 +65,7 @@ def _shown(value: float) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def output_file(suffix: str | None = None) -> Callable[[str], Path]:
+def output_file(suffix: str | tuple[str, ...] | None = None) -> Callable[[str], Path]:
     """A file the command can write: not a folder, its folder created, opened once for
     appending (so an unwritable place fails now, not after the run; nothing is truncated)."""
 
@@ -73,8 +73,9 @@ def output_file(suffix: str | None = None) -> Callable[[str], Path]:
         if not text:
             raise argparse.ArgumentTypeError("expected a file path, got ''")
         path = Path(text)
-        if suffix is not None and path.suffix.lower() != suffix:
-            raise argparse.ArgumentTypeError(f"expected a {suffix} path, got {text}")
+        allowed = (suffix,) if isinstance(suffix, str) else suffix
+        if allowed is not None and path.suffix.lower() not in allowed:
+            raise argparse.ArgumentTypeError(f"expected a {' or '.join(allowed)} path, got {text}")
         if path.is_dir():
             raise argparse.ArgumentTypeError(f"{text} is a folder, expected a file")
         _try_writing(path)
