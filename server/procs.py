@@ -59,10 +59,14 @@ def _preexec(parent_pid: int) -> Callable[[], None]:
 
 
 def spawn(cmd: list[str], *, env: dict[str, str] | None = None, stdout: Any = subprocess.DEVNULL,
-          stderr: Any = subprocess.DEVNULL, cwd: Any = None, text: bool = False) -> subprocess.Popen:
-    """Start `cmd` in its own session and process group; it gets SIGTERM if this process dies."""
+          stderr: Any = subprocess.DEVNULL, cwd: Any = None, text: bool = False,
+          user: str | None = None) -> subprocess.Popen:
+    """Start `cmd` in its own session and process group; it gets SIGTERM if this process dies.
+    `user`: run it as this user (from root; e.g. PostgreSQL refuses to run as root). The
+    death signal is armed after the user change, which would otherwise clear it."""
     proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=stderr, cwd=cwd, text=text, start_new_session=True,
-                            preexec_fn=_preexec(os.getpid()) if _prctl is not None else None)
+                            preexec_fn=_preexec(os.getpid()) if _prctl is not None else None,
+                            user=user, group=user, extra_groups=[] if user else None)
     with _spawned_lock:
         for old in [p for p in _spawned if p.returncode is not None]:
             _spawned.discard(old)

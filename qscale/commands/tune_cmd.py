@@ -102,6 +102,9 @@ def _setup(args: argparse.Namespace, sim):
     _known_policy(args.policy)
     sets = [s if "." in s.split("=", 1)[0] else f"{args.policy}.{s}" for s in args.set]
     fixed = parse_sets(sets, [args.policy])[args.policy]
+    from policies import registry
+
+    registry.params(args.policy, **fixed)  # a bad --set fails now, naming the field
     columns = _columns_text(args)
     traces = tuple(TraceSpec(source=t, rate_scale=args.rate_scale, start_s=args.start, duration_s=args.duration,
                              columns=columns) for t in dict.fromkeys(args.trace))

@@ -70,7 +70,7 @@ def plot_pareto(trials: list[FrozenTrial], chosen: FrozenTrial | None, slo_targe
     ax.axhline(slo_target * 100, color="crimson", lw=0.8, ls="--", label=f"target {slo_target:.1%}")
     if chosen is not None:
         ax.scatter([chosen.user_attrs[GPU_HOURS]], [chosen.user_attrs[ATTAINMENT] * 100], s=160, marker="*",
-                   color="tab:orange", zorder=5, label=f"chosen (trial {chosen.number})")
+                   color="tab:orange", zorder=5, label=f"chosen (trial {chosen.number + 1})")
     ax.set_xlabel("GPU-hours (tuning part, all traces)")
     ax.set_ylabel("SLO attainment, lowest over traces (%)")
     ax.set_title(title, fontsize=10)

@@ -98,11 +98,12 @@ def tune(setup: StudySetup, storage_url: str, name: str, out: Path, plot: Path, 
     if not meets:
         say(f"warning: no trial met the SLO target {setup.slo_target:.1%}; wrote the one with the highest "
             f"attainment ({best.user_attrs['attainment']:.2%})")
-    if not interrupted:
-        header += _report(setup, params, say)
+    # Written now, so a Ctrl-C during the report still leaves the best config on disk.
     out.write_text(config_text(setup, params, header))
     plot_pareto(finished(study), best, setup.slo_target, plot, f"{setup.policy} on "
                 f"{', '.join(t.label for t in setup.traces)}: {len(finished(study))} finished trials")
+    if not interrupted:
+        out.write_text(config_text(setup, params, header + _report(setup, params, say)))
     say(f"wrote {out} (check it: qscale run --config {out} --check) and {plot}")
     return INTERRUPTED if interrupted else 0
 

@@ -17,9 +17,11 @@ def space_for(policy: str, fixed: dict[str, Any], ceiling: int) -> dict[str, Tun
     space = {name: t for name, t in declared.items() if name not in fixed}
     if "min_replicas" in space and not space["min_replicas"].categorical:
         t = space["min_replicas"]
-        assert t.high is not None
-        space["min_replicas"] = replace(t, high=min(t.high, ceiling - 1))
-        if space["min_replicas"].high <= (t.low or 0):
+        assert t.low is not None and t.high is not None
+        high = min(t.high, ceiling - 1)
+        if high > t.low:
+            space["min_replicas"] = replace(t, high=high)
+        else:
             del space["min_replicas"]
     if not space:
         why = "declares no Tunable parameters" if not declared else "has every tunable parameter fixed by --set"

@@ -2,7 +2,7 @@
 
 Objective: the mean GPU-hours as a multiple of each part's bound (minimized). Constraint:
 the lowest SLO attainment over the parts at or above the target, given to TPE as
-`target - attainment <= 0` (Optuna's constrained TPE), and applied again when choosing:
+`target - attainment <= 0` (`Trial.set_constraint`: Optuna's constrained TPE), and applied again when choosing:
 the best trial is the cheapest feasible one; when none is feasible, the one with the
 highest attainment (and the report says so). Hopeless trials stop early
 (`SuccessiveHalvingPruner` on the checkpoint scores, see `objective`).
@@ -32,7 +32,7 @@ from simulations.tuning.space import suggest
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-ATTAINMENT, GPU_HOURS, PER_PART, CONSTRAINT = "attainment", "gpu_hours", "per_part", "constraint"
+ATTAINMENT, GPU_HOURS, PER_PART, CONSTRAINT = "attainment", "gpu_hours", "per_part", "slo_shortfall"
 OVER_BUDGET, ERROR, WORKER, PARAMS = "over_budget", "error", "worker", "params"
 
 
@@ -43,22 +43,29 @@ def storage_url(url: str) -> str:
     return url
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    try:
-        return optuna.storages.RDBStorage(storage_url(url))
-    except Exception as exc:  # an unreachable database, a bad URL, a missing driver
-        raise UserError(f"--storage {url}: {str(exc).splitlines()[0]}") from None
+def open_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """The study's storage (its tables created on first use). Two workers creating the
+    tables at once collide (a unique violation in PostgreSQL's catalog): the loser retries
+    and finds them made."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
 
-
-def _constraint(trial: FrozenTrial) -> list[float]:
-    return trial.user_attrs.get(CONSTRAINT, [1.0])
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(storage_url(url))
+        except (IntegrityError, ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+        except Exception as exc:  # an unreachable database, a bad URL, a missing driver
+            raise UserError(f"--storage {url}: {str(exc).splitlines()[0]}") from None
+    raise AssertionError("unreachable")
 
 
 def _sampler(setup: StudySetup, worker: str) -> optuna.samplers.TPESampler:
     # Each worker its own stream (same seed, same worker: the same trials); constant_liar keeps
     # concurrent workers from proposing the same point.
     seed = int(hashlib.sha256(f"{setup.seed}/{worker}".encode()).hexdigest()[:8], 16)
-    return optuna.samplers.TPESampler(seed=seed, constraints_func=_constraint, constant_liar=True,
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True,
                                       n_startup_trials=max(4, min(10, setup.trials // 5)))
 
 
@@ -146,10 +153,11 @@ def _one_trial(study: optuna.Study, trial: optuna.Trial, evaluator: Evaluator, s
 
     def report(step: int, score: float, attainment: float) -> None:
         last_step[0] = step
-        # The constraint so far: what constrained TPE learns from if this trial stops here.
-        trial.set_user_attr(CONSTRAINT, [evaluator.slo_target - attainment])
         trial.report(score, step)
         if trial.should_prune():
+            # The constraint so far: what constrained TPE learns from a trial stopped here
+            # (a trial's constraint is set once).
+            trial.set_constraint(CONSTRAINT, evaluator.slo_target - attainment)
             raise optuna.TrialPruned()
 
     try:
@@ -174,7 +182,7 @@ def _record(trial: optuna.Trial, ev: Evaluation, slo_target: float) -> None:
     trial.set_user_attr(ATTAINMENT, ev.attainment)
     trial.set_user_attr(GPU_HOURS, ev.gpu_hours)
     trial.set_user_attr(PER_PART, [list(p) for p in ev.per_part])
-    trial.set_user_attr(CONSTRAINT, [slo_target - ev.attainment])
+    trial.set_constraint(CONSTRAINT, slo_target - ev.attainment)
 
 
 def _started(study: optuna.Study) -> int:
