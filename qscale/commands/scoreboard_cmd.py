@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", type=output_file(".png"), default=None,
                         help="write SLO vs GPU-hours per cell (PNG)")
     parser.add_argument("--cells", action="store_true", help="also print every cell's rows")
+    parser.add_argument("--tune-trials", type=whole(1, 10_000), default=None,
+                        help="trials of each baseline's best-configuration search (default 24; --quick 10)")
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -70,7 +72,8 @@ def run(args: argparse.Namespace, settings) -> int:
               f"({time.monotonic() - start:5.0f}s elapsed)", file=sys.stderr, flush=True)
 
     workers = min(args.workers or os.cpu_count() or 1, len(cells))
-    results = run_panel(cells, workers, on_done=done)
+    trials = args.tune_trials or (10 if args.quick else 24)
+    results = run_panel(cells, workers, on_done=done, tune_trials=trials)
     write_summary(results, sys.stdout)
     if args.cells:
         write_cells(results, sys.stdout)

@@ -17,8 +17,9 @@ from simulations.profile import load_profile
 from simulations.references import References
 from simulations.runner import SimConfig, SimResult
 from simulations.scoreboard.panel import Cell
-from simulations.scoreboard.search import BLOG, SPACES, best_config
+from simulations.scoreboard.search import BLOG, TUNED
 from simulations.traffic import load_traffic
+from simulations.tuning.inline import tune_on_bench
 
 SLO_TARGET = 0.99
 
@@ -83,13 +84,7 @@ def workbench(cell: Cell) -> Workbench:
     return Workbench(traffic, cfg, ceiling)
 
 
-def in_flight_per_replica(r: SimResult, replicas: int) -> float:
-    """Mean requests in flight per replica over a run's timeline."""
-    rows = [row.waiting + row.running for row in r.timeline]
-    return sum(rows) / len(rows) / max(replicas, 1) if rows else 1.0
-
-
-def run_cell(cell: Cell, oracle_steps: int = 4, search_steps: int = 3) -> CellResult:
+def run_cell(cell: Cell, oracle_steps: int = 4, tune_trials: int = 24) -> CellResult:
     start = time.monotonic()
     bench = workbench(cell)
     refs = bench.references(SLO_TARGET, OracleSearch(steps=oracle_steps))
@@ -99,12 +94,12 @@ def run_cell(cell: Cell, oracle_steps: int = 4, search_steps: int = 3) -> CellRe
     tried: dict[str, list] = {}
     for name, params in BLOG.items():
         rows.append(_run(bench, refs, f"{name} (blog)", name, params))
-    for name, space in SPACES.items():
-        found = best_config(lambda p, n=name: bench.run(bench.create(n, p), n), space, SLO_TARGET, search_steps,
-                            in_flight_per_replica(refs.static_best, refs.static_best_replicas))
-        refs.annotate(found.result)
-        rows.append(Row.of(f"{name} (best)", name, found.params, found.result))
-        tried[name] = found.tried
+    for name in TUNED:
+        # At its best: `qscale tune`'s search within the policy's own declared space.
+        best = tune_on_bench(bench, name, SLO_TARGET, tune_trials)
+        refs.annotate(best.result)
+        rows.append(Row.of(f"{name} (best)", name, best.params, best.result))
+        tried[name] = best.tried
     oracle_ok = refs.oracle.meets(SLO_TARGET)
     return CellResult(cell, rows, bench.ceiling, bench.cfg.initial_replicas, refs.static_best_replicas,
                       refs.oracle_utilization, oracle_ok, bench.runs, time.monotonic() - start, tried)

@@ -61,15 +61,14 @@ def open_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
     raise AssertionError("unreachable")
 
 
-def _sampler(setup: StudySetup, worker: str) -> optuna.samplers.TPESampler:
+def sampler(seed: int, trials: int, worker: str = "main") -> optuna.samplers.TPESampler:
     # Each worker its own stream (same seed, same worker: the same trials); constant_liar keeps
     # concurrent workers from proposing the same point.
-    seed = int(hashlib.sha256(f"{setup.seed}/{worker}".encode()).hexdigest()[:8], 16)
-    return optuna.samplers.TPESampler(seed=seed, constant_liar=True,
-                                      n_startup_trials=max(4, min(10, setup.trials // 5)))
+    stream = int(hashlib.sha256(f"{seed}/{worker}".encode()).hexdigest()[:8], 16)
+    return optuna.samplers.TPESampler(seed=stream, constant_liar=True, n_startup_trials=max(4, min(10, trials // 5)))
 
 
-def _pruner() -> optuna.pruners.BasePruner:
+def pruner() -> optuna.pruners.BasePruner:
     return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
 
 
@@ -78,7 +77,7 @@ def create_study(storage: optuna.storages.BaseStorage, name: str, setup: StudySe
     """Create the study, or continue one made with the same setup (a larger `trials` raises
     the budget); another setup under the same name is a one-line error."""
     study = optuna.create_study(storage=storage, study_name=name, direction="minimize",
-                                sampler=_sampler(setup, worker), pruner=_pruner(), load_if_exists=True)
+                                sampler=sampler(setup.seed, setup.trials, worker), pruner=pruner(), load_if_exists=True)
     stored = study.user_attrs.get(SETUP_ATTR)
     if stored is None:
         study.set_user_attr(SETUP_ATTR, setup.model_dump(mode="json"))
@@ -107,8 +106,8 @@ def join_study(storage: optuna.storages.BaseStorage, name: str, worker: str,
                             f"--storage and --study first)")
         time.sleep(1.0)
     setup = StudySetup.model_validate(stored)
-    return optuna.load_study(study_name=name, storage=storage, sampler=_sampler(setup, worker),
-                             pruner=_pruner()), setup
+    return optuna.load_study(study_name=name, storage=storage, sampler=sampler(setup.seed, setup.trials, worker),
+                             pruner=pruner()), setup
 
 
 @dataclass(frozen=True)
