@@ -30,6 +30,8 @@ from policies.control import OutageRules
 from policies.engine import with_engine
 from policies.errors import UserError
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
 
 class PrometheusSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -119,6 +121,27 @@ class AutoscalerConfig(BaseModel):
     identity: str | None = None
     tls_cert_file: str | None = None  # serve HTTPS (the APIService for external metrics needs it)
     tls_key_file: str | None = None
+    # --- who may call the APIs (autoscaler/apiauth), as an aggregated API server does it ---
+    authentication: Literal["delegated", "none"] | None = Field(
+        None, description="delegated: HTTPS, the aggregator's client certificate, TokenReview and "
+        "SubjectAccessReview; none: no checks (local development only). Default: none on a "
+        "loopback listen address, delegated otherwise")
+    requestheader_client_ca_file: str | None = Field(
+        None, description="CA of the aggregator's client certificate; default: "
+        "kube-system/extension-apiserver-authentication, key requestheader-client-ca-file")
+    requestheader_allowed_names: list[str] | None = Field(
+        None, description="client-certificate CNs allowed to send identity headers; [] = any CN "
+        "the CA signed; default: from the ConfigMap ([] with requestheader_client_ca_file)")
+    requestheader_username_headers: list[str] | None = None  # default: ConfigMap, else X-Remote-User
+    requestheader_group_headers: list[str] | None = None  # default: ConfigMap, else X-Remote-Group
+    requestheader_extra_headers_prefix: list[str] | None = None  # default: ConfigMap, else X-Remote-Extra-
+    kube_api_url: str | None = Field(None, description="API server for the reviews and the ConfigMap; "
+                                     "default: $QSCALE_KUBE_API, in-cluster config, ~/.kube/config")
+    auth_cache_ttl_s: float = Field(10.0, ge=0, le=300, description="review answers are reused this long")
+    auth_cache_size: int = Field(4096, ge=1, le=1_000_000)
+    authorization_always_allow_paths: list[str] = Field(
+        ["/healthz", "/livez", "/readyz"], description="open to anyone (a trailing * is a prefix)")
+    authorization_always_allow_groups: list[str] = ["system:masters"]
     targets: list[TargetConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -141,6 +164,19 @@ class AutoscalerConfig(BaseModel):
     def host_port(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")
         return host.strip("[]") or "127.0.0.1", int(port)
+
+    @property
+    def auth_mode(self) -> Literal["delegated", "none"]:
+        """`authentication` as set, else none when only this host can connect, delegated otherwise."""
+        if self.authentication is not None:
+            return self.authentication
+        return "none" if self.host_port[0] in LOOPBACK_HOSTS else "delegated"
+
+    @model_validator(mode="after")
+    def _tls_files_together(self) -> AutoscalerConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        return self
 
 
 def load_config(path: str | Path) -> AutoscalerConfig:

@@ -4,14 +4,15 @@ on qscale's signals: `GET /apis/external.metrics.k8s.io/v1beta1` (discovery) and
 
 Each target yields one item per metric, labelled `target=<name>` (and `deployment=<name>`
 for Kubernetes targets), valued from its last decision's signals, as a canonical Quantity.
+`inference_queue_depth` and `inference_active_requests` are the names users' HPAs already ask
+for (fleet totals of waiting and running requests, as `vllm_num_requests_waiting/_running`).
 A request is checked before any work: the namespace must be a DNS-1123 label and the
 label selector at most 4096 characters, parsed by a tokenizer in linear time (400 otherwise).
 
-Not implemented yet: delegated authentication (TokenReview / SubjectAccessReview) of the
-aggregator's requests - deploy behind the APIService (manifests/base/apiservice.yaml) and
-treat the endpoint as cluster-internal. When it lands, the service account needs the
-`system:auth-delegator` ClusterRoleBinding and the kube-system RoleBinding to
-`extension-apiserver-authentication-reader`; until then it needs no cluster-wide grant.
+Who may call it is decided before these handlers run (autoscaler/apiauth): the aggregator's
+client certificate, TokenReview and SubjectAccessReview, as an aggregated API server does.
+The service account needs the `system:auth-delegator` ClusterRoleBinding and the kube-system
+RoleBinding to `extension-apiserver-authentication-reader`.
 """
 
 from __future__ import annotations
@@ -22,14 +23,26 @@ import time
 
 from aiohttp import web
 
+from autoscaler.apiauth.status import status_response
 from autoscaler.kube.names import is_dns1123_label, is_dns1123_subdomain
 
 GROUP_VERSION = "external.metrics.k8s.io/v1beta1"
 
+
+def _waiting(d) -> float:
+    return d.signals.total_waiting
+
+
+def _running(d) -> float:
+    return d.signals.total_running
+
+
 # metric name -> how to read it from a LastDecision
 METRICS = {
-    "vllm_num_requests_waiting": lambda d: d.signals.total_waiting,
-    "vllm_num_requests_running": lambda d: d.signals.total_running,
+    "vllm_num_requests_waiting": _waiting,
+    "vllm_num_requests_running": _running,
+    "inference_queue_depth": _waiting,  # the name the blog's HPA asks for (averageValue "5")
+    "inference_active_requests": _running,
     "vllm_kv_cache_usage_perc": lambda d: d.signals.mean_kv_cache_usage,
     "qscale_arrival_rate": lambda d: d.signals.arrival_rate,
     "qscale_arrival_rate_forecast": lambda d: d.terms.get("forecast_rate"),
@@ -203,11 +216,6 @@ def matches(labels: dict[str, str], reqs: list[Requirement]) -> bool:
     return True
 
 
-def _status(code: int, reason: str, message: str) -> web.Response:
-    return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                              "message": message, "reason": reason, "code": code}, status=code)
-
-
 def add_routes(app: web.Application, loops, labels_for) -> None:
     base = f"/apis/{GROUP_VERSION}"
 
@@ -221,14 +229,16 @@ def add_routes(app: web.Application, loops, labels_for) -> None:
     async def values(request: web.Request) -> web.Response:
         metric, ns = request.match_info["metric"], request.match_info["ns"]
         if not is_dns1123_label(ns):
-            return _status(400, "BadRequest", f"namespace {ns[:80]!r} is not a valid namespace name (a DNS-1123 label)")
+            return status_response(400, "BadRequest",
+                                   f"namespace {ns[:80]!r} is not a valid namespace name (a DNS-1123 label)")
         read = METRICS.get(metric)
         if read is None:
-            return _status(404, "NotFound", f"the server could not find the metric {metric[:80]} for namespace {ns}")
+            return status_response(404, "NotFound",
+                                   f"the server could not find the metric {metric[:80]} for namespace {ns}")
         try:
             reqs = parse_selector(request.query.get("labelSelector", ""))
         except ValueError as exc:
-            return _status(400, "BadRequest", str(exc))
+            return status_response(400, "BadRequest", str(exc))
         items = []
         for loop in loops:
             labels = labels_for(loop, ns)

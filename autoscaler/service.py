@@ -79,8 +79,9 @@ class AutoscalerService:
 
     # --- HTTP -------------------------------------------------------------------------
 
-    def app(self) -> web.Application:
-        app = web.Application()
+    def app(self, middlewares: tuple = ()) -> web.Application:
+        """The HTTP API; `middlewares`: who may call it (autoscaler.apiauth)."""
+        app = web.Application(middlewares=middlewares)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/api/v1/targets", self._targets)
         app.router.add_get("/healthz", self._healthz)
@@ -150,18 +151,17 @@ class AutoscalerService:
                 await asyncio.wait_for(self._stop.wait(), timeout=delay)
 
     async def run(self, until: asyncio.Event | None = None) -> int:
-        host, port = self.config.host_port
-        self._runner = web.AppRunner(self.app(), access_log=None)
-        await self._runner.setup()
-        ssl_context = None
-        if self.config.tls_cert_file and self.config.tls_key_file:
-            import ssl
+        from autoscaler.apiauth.setup import api_security
 
-            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ssl_context.load_cert_chain(self.config.tls_cert_file, self.config.tls_key_file)
-        await web.TCPSite(self._runner, host, port, ssl_context=ssl_context).start()
-        log.info("autoscaler listening", url=f"http://{host}:{port}", targets=[lp.name for lp in self.loops],
-                 shadow=self.config.shadow)
+        host, port = self.config.host_port
+        security = await asyncio.to_thread(api_security, self.config)
+        self._runner = web.AppRunner(self.app(security.middlewares), access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port, ssl_context=security.ssl_context).start()
+        background = [asyncio.ensure_future(job()) for job in security.background]
+        log.info("autoscaler listening", url=f"{security.scheme}://{host}:{port}",
+                 targets=[lp.name for lp in self.loops], shadow=self.config.shadow,
+                 authentication=self.config.auth_mode)
         aio = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -177,6 +177,8 @@ class AutoscalerService:
             # Graceful: every backend drains at once (the local Service lets requests in flight finish).
             log.info("shutting down: draining", targets=[lp.name for lp in self.loops])
             await asyncio.gather(*(lp.close() for lp in self.loops), return_exceptions=True)
+            for job in background:
+                job.cancel()
             await self._runner.cleanup()
         return 0
 

@@ -4,7 +4,9 @@ It follows shared/reference/wire-formats.md: the Deployment scale subresource (G
 with resourceVersion conflicts, the three PATCH content types, 415 otherwise, 422 on
 negative replicas), EndpointSlices (LIST, and WATCH as newline-delimited JSON events),
 pod PATCH (annotations, e.g. the deletion cost), Leases, Events, HPAs and KEDA
-ScaledObjects (404 when the CRD is "not installed"), and Status error bodies.
+ScaledObjects (404 when the CRD is "not installed"), ConfigMaps (e.g.
+kube-system/extension-apiserver-authentication), TokenReview and SubjectAccessReview (201, with
+the tokens and RBAC-like rules in `auth`), and Status error bodies.
 
 Watch history is kept as the API server keeps it: `compact()` drops it, and a watch from a
 resourceVersion older than the compaction gets what the server sends - HTTP 200, then one
@@ -80,6 +82,7 @@ class ApiCall:
 
 
 def api_call(method: str, path: str, query: dict, status_code: int) -> ApiCall | None:
+    """The RBAC view of a request; cluster-scoped resources have namespace ""."""
     parts = path.strip("/").split("/")
     if parts[:2] == ["api", "v1"]:
         group, rest = "", parts[2:]
@@ -87,9 +90,11 @@ def api_call(method: str, path: str, query: dict, status_code: int) -> ApiCall |
         group, rest = parts[1], parts[3:]
     else:
         return None
-    if len(rest) < 2 or rest[0] != "namespaces":
+    if not rest:
         return None
-    ns, rest = rest[1], rest[2:]
+    ns = ""  # cluster-scoped (tokenreviews, subjectaccessreviews, namespaces themselves)
+    if rest[0] == "namespaces" and len(rest) >= 3:
+        ns, rest = rest[1], rest[2:]
     resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
     name = rest[1] if len(rest) > 1 else ""
     watching = query.get("watch") in ("true", "1")
@@ -126,6 +131,120 @@ class FakeDeployment:
     slice_rv: int = 0  # its EndpointSlice's
 
 
+
+# --- delegated authentication and authorization (authentication.k8s.io, authorization.k8s.io) ---
+
+
+@dataclass(frozen=True)
+class AccessRule:
+    """An RBAC grant, flattened: `verbs` on `resources` of `api_groups` (in `namespaces`; () is
+    cluster-wide), or `verbs` on `non_resource_urls` (a trailing * is a prefix), to any of
+    `users` or `groups`. "*" matches anything, as in RBAC."""
+
+    users: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    verbs: tuple[str, ...] = ("*",)
+    api_groups: tuple[str, ...] = ()
+    resources: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()
+    non_resource_urls: tuple[str, ...] = ()
+
+    def subject(self, user: str, groups: list[str]) -> bool:
+        return user in self.users or any(g in self.groups for g in groups)
+
+    def allows(self, spec: dict) -> bool:
+        def has(values: tuple[str, ...], value: str) -> bool:
+            return "*" in values or value in values
+
+        ra, nra = spec.get("resourceAttributes"), spec.get("nonResourceAttributes")
+        if nra is not None:
+            path = nra.get("path", "")
+            return has(self.verbs, nra.get("verb", "")) and any(
+                path == u or (u.endswith("*") and path.startswith(u[:-1])) for u in self.non_resource_urls)
+        resource = ra.get("resource", "") + (f"/{ra['subresource']}" if ra.get("subresource") else "")
+        return (has(self.verbs, ra.get("verb", "")) and has(self.api_groups, ra.get("group", ""))
+                and has(self.resources, resource)
+                and (not self.namespaces or has(self.namespaces, ra.get("namespace", ""))))
+
+
+@dataclass
+class TokenUser:
+    """What TokenReview answers for a known token (a service account's, by default groups)."""
+
+    username: str
+    groups: tuple[str, ...] = ("system:authenticated",)
+    uid: str = field(default_factory=lambda: str(uuid.uuid4()))
+    extra: dict[str, list[str]] = field(default_factory=dict)
+
+    def wire(self) -> dict:
+        out: dict[str, Any] = {"username": self.username, "uid": self.uid, "groups": list(self.groups)}
+        if self.extra:
+            out["extra"] = self.extra
+        return out
+
+
+def extension_apiserver_authentication(requestheader_ca_pem: str, allowed_names: list[str],
+                                       client_ca_pem: str = "") -> dict[str, str]:
+    """The data of kube-system/extension-apiserver-authentication: lists are JSON strings."""
+    data = {"requestheader-client-ca-file": requestheader_ca_pem,
+            "requestheader-allowed-names": json.dumps(allowed_names),
+            "requestheader-username-headers": json.dumps(["X-Remote-User"]),
+            "requestheader-group-headers": json.dumps(["X-Remote-Group"]),
+            "requestheader-extra-headers-prefix": json.dumps(["X-Remote-Extra-"])}
+    if client_ca_pem:
+        data = {"client-ca-file": client_ca_pem, **data}
+    return data
+
+
+@dataclass
+class AuthReviews:
+    """The API server's TokenReview and SubjectAccessReview answers: `tokens` it knows, `rules`
+    it grants (system:masters is always allowed), and every review it was asked (`asked`)."""
+
+    tokens: dict[str, TokenUser] = field(default_factory=dict)
+    rules: list[AccessRule] = field(default_factory=list)
+    asked: list[dict] = field(default_factory=list)  # {"kind": ..., "spec": ...}
+
+    def token_review(self, body: dict) -> tuple[int, dict]:
+        spec = body.get("spec") or {}
+        self.asked.append({"kind": "TokenReview", "spec": spec})
+        user = self.tokens.get(spec.get("token") or "")
+        if user is None:
+            st: dict = {"user": {}, "error": "[invalid bearer token, token lookup failed]"}
+        else:
+            st = {"authenticated": True, "user": user.wire(), "audiences": ["https://kubernetes.default.svc"]}
+        return 201, {"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+                     "metadata": {"creationTimestamp": None}, "spec": spec, "status": st}
+
+    def access_review(self, body: dict) -> tuple[int, dict]:
+        spec = body.get("spec") or {}
+        self.asked.append({"kind": "SubjectAccessReview", "spec": spec})
+        invalid = self._invalid(spec)
+        if invalid:
+            return 422, status_body(422, "Invalid", f"SubjectAccessReview.authorization.k8s.io \"\" is invalid: "
+                                    f"{invalid}", {"group": "authorization.k8s.io", "kind": "SubjectAccessReview",
+                                                   "causes": [{"reason": "FieldValueInvalid", "message": invalid}]})
+        user, groups = spec.get("user", ""), spec.get("groups") or []
+        if "system:masters" in groups:
+            st = {"allowed": True}
+        else:
+            rule = next((r for r in self.rules if r.subject(user, groups) and r.allows(spec)), None)
+            st = {"allowed": True, "reason": f"RBAC: allowed by test rule {self.rules.index(rule)}"} if rule else \
+                {"allowed": False}
+        return 201, {"kind": "SubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
+                     "metadata": {"creationTimestamp": None}, "spec": spec, "status": st}
+
+    @staticmethod
+    def _invalid(spec: dict) -> str:
+        attrs = [k for k in ("resourceAttributes", "nonResourceAttributes") if spec.get(k) is not None]
+        if len(attrs) != 1:
+            return "spec.resourceAttributes: Invalid value: exactly one of nonResourceAttributes or " \
+                   "resourceAttributes must be specified"
+        if not spec.get("user") and not spec.get("groups"):
+            return "spec.user: Invalid value: \"\": at least one of user or group must be specified"
+        return ""
+
+
 class KubeDouble:
     def __init__(self, cold_start_s: float = 1.0, metrics_port: int = 18080, max_num_seqs: int = 8) -> None:
         self.cold_start_s = cold_start_s
@@ -145,6 +264,8 @@ class KubeDouble:
         self._watch_epoch = 0  # bumped by end_watches(): open streams close
         self.expired_watches = 0  # ERROR 410 events sent
         self.requests: list[ApiCall] = []
+        self.auth = AuthReviews()
+        self.configmaps: dict[tuple[str, str], dict[str, str]] = {}  # (namespace, name) -> data
         self._ips = itertools.count(10)
         self._changed = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -299,7 +420,29 @@ class KubeDouble:
         r.add_get("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}", self.get_lease)
         r.add_post("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases", self.create_lease)
         r.add_put("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}", self.replace_lease)
+        r.add_get("/api/v1/namespaces/{ns}/configmaps/{name}", self.get_configmap)
+        r.add_post("/apis/authentication.k8s.io/v1/tokenreviews", self.create_token_review)
+        r.add_post("/apis/authorization.k8s.io/v1/subjectaccessreviews", self.create_access_review)
         return app
+
+    async def get_configmap(self, request: web.Request) -> web.Response:
+        key = (request.match_info["ns"], request.match_info["name"])
+        data = self.configmaps.get(key)
+        if data is None:
+            return status(404, "NotFound", f'configmaps "{key[1]}" not found', {"name": key[1], "kind": "configmaps"})
+        return web.json_response({"kind": "ConfigMap", "apiVersion": "v1",
+                                  "metadata": {"name": key[1], "namespace": key[0], "uid": f"cm-{key[1]}",
+                                               "resourceVersion": str(self.rv),
+                                               "creationTimestamp": "2026-11-28T09:00:00Z"},
+                                  "data": data})
+
+    async def create_token_review(self, request: web.Request) -> web.Response:
+        code, body = self.auth.token_review(await request.json())
+        return web.json_response(body, status=code)
+
+    async def create_access_review(self, request: web.Request) -> web.Response:
+        code, body = self.auth.access_review(await request.json())
+        return web.json_response(body, status=code)
 
     def _record(self, request: web.Request, status_code: int) -> None:
         call = api_call(request.method, request.path, dict(request.query), status_code)

@@ -1,9 +1,11 @@
-"""The external metrics API: discovery, values as canonical Quantities, selectors, 404."""
+"""The external metrics API: discovery, values as canonical Quantities, selectors, 404; the
+names users' HPAs already ask for (inference_queue_depth), read as the HPA controller reads them."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 
 import aiohttp
@@ -20,7 +22,9 @@ from autoscaler.external_metrics import (
     quantity,
 )
 from autoscaler.loop import LastDecision
-from policies import Signals
+from policies import Signals, registry
+from policies.hpa import HpaController, HpaParams
+from tests.helpers import ready, signals
 
 
 @pytest.mark.parametrize(("milli", "text"), [(0, "0"), (5, "5m"), (250, "250m"), (1000, "1"), (1500, "1500m"),
@@ -174,3 +178,86 @@ def test_bad_namespaces_and_long_selectors_get_400_and_do_not_stall_the_server()
     assert statuses == [400] * 40
     assert all("label selector too long" in b["message"] and b["reason"] == "BadRequest" for b in bodies)
     assert elapsed < 3.0  # the old parser took 4.4 s for this; now it is request overhead only
+
+
+# --- the blog's HPA on inference_queue_depth --------------------------------------------
+
+
+def hpa_external_average_value(items: list[dict], average_value: str, status_replicas: int,
+                               tolerance: float = 0.1) -> int:
+    """The HPA controller on an External metric with an AverageValue target, written from
+    upstream (replica_calculator.go GetExternalPerPodMetricReplicas; wire-formats 3.2): each
+    item's MilliValue (ceil of q x 1000) summed; usage ratio = sum / (target x replicas); outside
+    the tolerance, ceil(sum / target), else the current count. An empty list is an error."""
+    if not items:
+        raise LookupError("no metrics returned from external metrics API")
+    usage = sum(math.ceil(parse_quantity(i["value"]) * 1000) for i in items)
+    target = math.ceil(parse_quantity(average_value) * 1000)
+    ratio = usage / (target * status_replicas)
+    return math.ceil(usage / target) if abs(1.0 - ratio) > tolerance else status_replicas
+
+
+class _FleetLoop:
+    """A target whose last decision saw `waiting` requests on its ready replicas."""
+
+    def __init__(self, name: str, waiting: list[float]):
+        self.name = name
+        self.signals = signals(0.0, [ready(f"{name}-{i}", w) for i, w in enumerate(waiting)])
+        self.last = LastDecision(time.time(), len(waiting), len(waiting), len(waiting), "r", False, True, [],
+                                 None, {}, self.signals, {})
+
+
+async def _external_items(loops: list[_FleetLoop], metric: str, selector: str) -> list[dict]:
+    app = web.Application()
+    add_routes(app, loops, lambda loop, ns: {"deployment": loop.name} if ns == "llm" else None)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    url = f"http://127.0.0.1:{port}/apis/external.metrics.k8s.io/v1beta1/namespaces/llm/{metric}"
+    try:
+        async with aiohttp.ClientSession() as s, s.get(url, params={"labelSelector": selector}) as r:
+            assert r.status == 200
+            return (await r.json())["items"]
+    finally:
+        await runner.cleanup()
+
+
+DOWN_NOW = {"stabilization_window_s": 0, "policies": [{"type": "Percent", "value": 100, "period_s": 15}]}
+
+
+@pytest.mark.parametrize(("waiting", "params", "expected"), [
+    # 23 waiting on 2 replicas, 5 per replica: ratio 2.3, ceil(23 / 5) = 5 (up to max(2x2, 2+4) allowed)
+    ([11, 12], {}, 5),
+    # 21 on 4: ratio 1.05, inside the 10 % tolerance: stay at 4
+    ([5, 5, 5, 6], {}, 4),
+    # 3 on 4: ratio 0.15, ceil(3 / 5) = 1 (no stabilization window, 100 % down per 15 s)
+    ([1, 1, 1, 0], {"scale_down": DOWN_NOW}, 1),
+    # 100 on 1 wants 20; the default behavior allows max(1 x 2, 1 + 4) = 5 in the first 15 s
+    ([100], {"max_replicas": 50}, 5),
+])
+def test_the_blogs_hpa_on_inference_queue_depth_gets_the_replicas_direct_mode_computes(waiting, params, expected):
+    """The blog's HPA: External `inference_queue_depth`, selector deployment=vllm, AverageValue "5".
+    Its reading of our API, through our hpa policy's controller (behavior, limits), gives the
+    replicas qscale's hpa policy computes in direct mode on the same signals."""
+    fleet = _FleetLoop("vllm", waiting)
+    other = _FleetLoop("other", [40, 40])  # another Deployment's queue: not selected
+    items = asyncio.run(_external_items([fleet, other], "inference_queue_depth", "deployment=vllm"))
+    assert [i["value"] for i in items] == [str(sum(waiting))]
+    current = len(waiting)
+    hpa_params = HpaParams(target_average_value=5, **params)
+    via_hpa = HpaController(hpa_params).reconcile(
+        0.0, current, hpa_external_average_value(items, "5", current), {}).desired_replicas
+    direct = registry.create("hpa", target_average_value=5, **params).decide(fleet.signals).desired_replicas
+    assert via_hpa == direct == expected
+
+
+def test_inference_active_requests_is_the_fleet_total_running():  # _Loop: 8 running
+    items = asyncio.run(_external_items([_Loop("vllm", 3)], "inference_active_requests", "deployment=vllm"))
+    assert [(i["metricName"], i["value"]) for i in items] == [("inference_active_requests", "8")]
+
+
+def test_an_hpa_reading_no_items_is_an_error_not_zero():
+    with pytest.raises(LookupError, match="no metrics returned"):
+        hpa_external_average_value([], "5", 2)

@@ -1,0 +1,159 @@
+"""Delegated authentication and authorization: TokenReview and SubjectAccessReview through the
+official `kubernetes` client, each answer reused for a short time (Kubernetes' delegating
+authenticator and authorizer cache both for 10 s), at most `size` answers kept, and one review in
+flight per question however many requests ask it at once.
+
+A review the API server could not answer raises `ReviewError` and is not cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from autoscaler.apiauth.attributes import RequestAttributes
+from autoscaler.apiauth.identity import UserInfo
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+REVIEW_TIMEOUT_S = 5.0  # the aggregator gives the availability probe 5 s
+
+
+class ReviewError(Exception):
+    """The API server did not answer a review (unreachable, 5xx, forbidden to us)."""
+
+
+class TtlCache(Generic[K, V]):
+    """Answers kept `ttl_s` seconds, the oldest dropped beyond `size`; concurrent misses of one
+    key share one call of `fetch`."""
+
+    def __init__(self, ttl_s: float, size: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self.size = size
+        self.clock = clock
+        self._answers: OrderedDict[K, tuple[float, V]] = OrderedDict()
+        self._in_flight: dict[K, asyncio.Future[V]] = {}
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def _fresh(self, key: K) -> tuple[bool, V | None]:
+        found = self._answers.get(key)
+        if found is None:
+            return False, None
+        if found[0] <= self.clock():
+            del self._answers[key]
+            return False, None
+        return True, found[1]
+
+    def _store(self, key: K, value: V) -> None:
+        if self.ttl_s <= 0:
+            return
+        self._answers[key] = (self.clock() + self.ttl_s, value)
+        self._answers.move_to_end(key)
+        while len(self._answers) > self.size:
+            self._answers.popitem(last=False)
+
+    async def get(self, key: K, fetch: Callable[[], Awaitable[V]]) -> V:
+        hit, value = self._fresh(key)
+        if hit:
+            return value  # type: ignore[return-value]
+        pending = self._in_flight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = future
+        try:
+            value = await fetch()
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning when nobody else waits
+            raise
+        finally:
+            del self._in_flight[key]
+        self._store(key, value)
+        future.set_result(value)
+        return value
+
+
+async def _call(fn, *args, **kwargs):
+    """A blocking client call on a worker thread, its failures as ReviewError."""
+    try:
+        return await asyncio.to_thread(fn, *args, _request_timeout=REVIEW_TIMEOUT_S, **kwargs)
+    except ApiException as exc:
+        raise ReviewError(f"{exc.status} {exc.reason}".strip()) from None
+    except Exception as exc:  # urllib3 connection and timeout errors
+        raise ReviewError(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+class TokenReviewer:
+    """A bearer token's user by TokenReview (authentication.k8s.io/v1); None when rejected."""
+
+    def __init__(self, api: client.AuthenticationV1Api, cache: TtlCache[bytes, UserInfo | None]) -> None:
+        self.api = api
+        self.cache = cache
+
+    async def review(self, token: str) -> UserInfo | None:
+        key = hashlib.sha256(token.encode()).digest()  # the token itself is not kept
+        return await self.cache.get(key, lambda: self._ask(token))
+
+    async def _ask(self, token: str) -> UserInfo | None:
+        body = client.V1TokenReview(api_version="authentication.k8s.io/v1", kind="TokenReview",
+                                    spec=client.V1TokenReviewSpec(token=token))
+        answer = await _call(self.api.create_token_review, body)
+        status = answer.status
+        if status is None or not status.authenticated or status.user is None or not status.user.username:
+            return None
+        user = status.user
+        return UserInfo.make(user.username, user.groups or (), user.uid or "", user.extra)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    reason: str = ""
+
+
+class AccessReviewer:
+    """Whether a user may do what a request asks, by SubjectAccessReview (authorization.k8s.io/v1)."""
+
+    def __init__(self, api: client.AuthorizationV1Api, cache: TtlCache[tuple, Verdict]) -> None:
+        self.api = api
+        self.cache = cache
+
+    async def review(self, user: UserInfo, attrs: RequestAttributes) -> Verdict:
+        return await self.cache.get((user, attrs), lambda: self._ask(user, attrs))
+
+    async def _ask(self, user: UserInfo, attrs: RequestAttributes) -> Verdict:
+        body = client.V1SubjectAccessReview(api_version="authorization.k8s.io/v1", kind="SubjectAccessReview",
+                                            spec=_spec(user, attrs))
+        answer = await _call(self.api.create_subject_access_review, body)
+        status = answer.status
+        if status is None:
+            raise ReviewError("SubjectAccessReview answered without a status")
+        return Verdict(bool(status.allowed) and not bool(status.denied), status.reason or "")
+
+
+def _spec(user: UserInfo, attrs: RequestAttributes) -> client.V1SubjectAccessReviewSpec:
+    spec = client.V1SubjectAccessReviewSpec(user=user.name, groups=list(user.groups), uid=user.uid or None,
+                                            extra=user.extra_dict() or None)
+    r = attrs.resource
+    if r is None:
+        spec.non_resource_attributes = client.V1NonResourceAttributes(path=attrs.path, verb=attrs.verb)
+    else:
+        spec.resource_attributes = client.V1ResourceAttributes(
+            group=r.group, version=r.version, resource=r.resource, namespace=r.namespace or None,
+            name=r.name or None, subresource=r.subresource or None, verb=attrs.verb)
+    return spec
