@@ -10,7 +10,7 @@ and scaled through its scale subresource, with the official client.
   `remove_first` get a low `controller.kubernetes.io/pod-deletion-cost` first, so the
   ReplicaSet removes them before healthy ones.
 
-RBAC (manifests/base/rbac.yaml): deployments/scale get+update, endpointslices list+watch,
+RBAC (manifests/components/scaler/rbac.yaml for the writes, manifests/base/rbac.yaml for the reads): deployments/scale get+update, endpointslices list+watch,
 pods patch, events create, horizontalpodautoscalers and keda.sh scaledobjects list.
 """
 
