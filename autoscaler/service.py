@@ -1,7 +1,8 @@
 """The autoscaler process: every configured target's loop, plus its HTTP endpoints.
 
 * `GET /metrics` - the autoscaler's own Prometheus metrics;
-* `GET /api/v1/targets` - each target's last decision, as JSON;
+* `GET /api/v1/targets` - each target's last decision, as JSON; `GET /api/v1/targets/{name}`
+  one target's (what KEDA's metrics-api scaler reads: `valueLocation: desired`);
 * `GET /healthz` - the process is alive; `GET /readyz` - every target has completed a tick.
 """
 
@@ -84,6 +85,7 @@ class AutoscalerService:
         app = web.Application(middlewares=middlewares)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/api/v1/targets", self._targets)
+        app.router.add_get("/api/v1/targets/{name}", self._target)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._ready)
         from autoscaler.external_metrics import add_routes
@@ -106,12 +108,17 @@ class AutoscalerService:
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
     async def _targets(self, request: web.Request) -> web.Response:
-        out = {}
-        for loop in self.loops:
-            view = loop.last.view() if loop.last else {}
-            view.update(ticks=loop.ticks, failed_ticks=loop.failed_ticks, last_error=loop.last_error)
-            out[loop.name] = view
+        out = {loop.name: _view(loop) for loop in self.loops}
         return web.json_response({"leader": self.is_leader(), "shadow": self.config.shadow, "targets": out})
+
+    async def _target(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        loop = next((lp for lp in self.loops if lp.name == name), None)
+        if loop is None:
+            return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404,
+                                      "reason": "NotFound", "message": f"no target {name!r}"}, status=404)
+        return web.json_response({"name": name, "leader": self.is_leader(), "shadow": self.config.shadow,
+                                  **_view(loop)})
 
     async def _healthz(self, request: web.Request) -> web.Response:
         """Unhealthy (503) when a target's loop has not completed a tick for `unhealthy_after_ticks`
@@ -188,3 +195,10 @@ class AutoscalerService:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _view(loop: TargetLoop) -> dict:
+    """A target's last decision and its loop's health, as the targets API shows it."""
+    view = loop.last.view() if loop.last else {}
+    view.update(ticks=loop.ticks, failed_ticks=loop.failed_ticks, last_error=loop.last_error)
+    return view

@@ -481,13 +481,17 @@ def test_the_keda_trigger_reads_the_decision_from_a_running_qscale(fleet):
     (so,) = [d for d in yaml.safe_load_all(out.stdout) if d and d["kind"] == "ScaledObject"]
     meta = so["spec"]["triggers"][0]["metadata"]
     path = urllib.parse.urlsplit(meta["url"]).path
-    location = meta["valueLocation"].replace(".vllm.", ".demo.")  # the overlay's target is vllm, here demo
+    assert path == "/api/v1/targets/vllm"
+    path = path.replace("/vllm", "/demo")  # the overlay's target is vllm, here demo
+    location = meta["valueLocation"]
     status, body = http_get(f"http://127.0.0.1:{fleet['api']}{path}")
     assert status == 200
     value = gjson(json.loads(body), location)
     status, metrics = http_get(f"http://127.0.0.1:{fleet['api']}/metrics")
     (gauge,) = re.findall(r'^qscale_desired_replicas\{target="demo"\} (\S+)$', metrics.decode(), re.M)
     assert isinstance(value, int) and value == float(gauge) == REPLICAS
+    status, body = http_get(f"http://127.0.0.1:{fleet['api']}/api/v1/targets/nope")
+    assert status == 404 and json.loads(body)["reason"] == "NotFound"
 
 
 if __name__ == "__main__":

@@ -294,8 +294,8 @@ def test_the_keda_trigger_reads_qscales_decision_over_https_with_a_token():
     assert so["metadata"]["namespace"] == target.kubernetes.namespace
     assert so["spec"]["scaleTargetRef"]["name"] == target.kubernetes.deployment
     assert (trigger["type"], trigger["metricType"], meta["targetValue"]) == ("metrics-api", "AverageValue", "1")
-    assert meta["url"] == "https://qscale.qscale-system.svc/api/v1/targets"
-    assert meta["valueLocation"] == f"targets.{target.name}.desired"
+    assert meta["url"] == f"https://qscale.qscale-system.svc/api/v1/targets/{target.name}"
+    assert meta["valueLocation"] == "desired"
     assert "unsafeSsl" not in meta and meta["authMode"] == "bearer"
     auth = the(docs, "TriggerAuthentication", trigger["authenticationRef"]["name"])
     (ref,) = auth["spec"]["secretTargetRef"]
