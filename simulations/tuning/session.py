@@ -3,8 +3,10 @@ and the files; and a worker's run (trials only)."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from optuna.trial import TrialState
@@ -79,6 +81,20 @@ def _trial_line(o: TrialOutcome, setup: StudySetup, steps: int) -> str:
             f"{ev.x_bound:.2f}x bound")
 
 
+@contextlib.contextmanager
+def _stop_signals_interrupt() -> Iterator[None]:
+    """SIGTERM (a pod being stopped) ends the trials as Ctrl-C does: the running trial is
+    given back and the best so far is written."""
+    def interrupt(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def tune(setup: StudySetup, storage_url: str, name: str, out: Path, plot: Path, timeout_s: float | None,
          say: Say) -> int:
     storage = open_storage(storage_url)
@@ -86,11 +102,15 @@ def tune(setup: StudySetup, storage_url: str, name: str, out: Path, plot: Path, 
     started = time.monotonic()
     interrupted = False
     try:
-        _trials(study, setup, "main", timeout_s, say)
+        with _stop_signals_interrupt():
+            _trials(study, setup, "main", timeout_s, say)
     except KeyboardInterrupt:
         interrupted = True
         say("interrupted: keeping the best trial so far (no held-out report)")
     best, meets = choose(finished(study), setup.slo_target)
+    if best is None and interrupted:
+        say("interrupted before any trial finished: nothing written")
+        return INTERRUPTED
     if best is None:
         raise UserError(f"no trial finished in study {name!r}: nothing to write (raise --trials or --timeout)")
     params = dict(best.user_attrs[PARAMS])
@@ -140,7 +160,8 @@ def work(storage_url: str, name: str, worker: str, timeout_s: float | None, wait
     storage = open_storage(storage_url)
     study, setup = join_study(storage, name, worker, wait_s)
     try:
-        _trials(study, setup, worker, timeout_s, say)
+        with _stop_signals_interrupt():
+            _trials(study, setup, worker, timeout_s, say)
     except KeyboardInterrupt:
         say("interrupted")
         return INTERRUPTED

@@ -10,14 +10,18 @@ highest attainment (and the report says so). Hopeless trials stop early
 Workers share one study through its storage: a SQLite file on one machine, PostgreSQL
 (or any Optuna RDB URL) across machines. Trial numbers are given out by the storage, so
 no two workers run the same trial; the budget is the study's total (`setup.trials`): a
-trial numbered past it is not run (told FAIL as over budget).
+trial opened when the budget is already taken is not run (told FAIL as over budget). An
+interrupted trial is told FAIL and its parameters are queued again, so none is lost.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +38,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 ATTAINMENT, GPU_HOURS, PER_PART, CONSTRAINT = "attainment", "gpu_hours", "per_part", "slo_shortfall"
 OVER_BUDGET, ERROR, WORKER, PARAMS = "over_budget", "error", "worker", "params"
+INTERRUPTED, RETRY_OF = "interrupted", "retry_of"
 
 
 def storage_url(url: str) -> str:
@@ -128,21 +133,48 @@ def run_trials(study: optuna.Study, evaluator: Evaluator, space: dict, budget: i
                timeout_s: float | None = None, on_trial: OnTrial | None = None,
                progress: MakeProgress | None = None) -> int:
     """Run trials until the study holds `budget` of them or `timeout_s` passes; returns how
-    many this call ran. Ctrl-C fails the running trial and is raised on."""
+    many this call ran. Ctrl-C (or SIGTERM, see `session`) fails the running trial, queues
+    its parameters again for whichever worker asks next (no point is lost), and is raised on."""
     deadline = time.monotonic() + timeout_s if timeout_s else None
     ran = 0
-    while (deadline is None or time.monotonic() < deadline) and _started(study) < budget:
-        trial = study.ask()
-        if trial.number >= budget:  # another worker took the last one meanwhile
-            trial.set_user_attr(OVER_BUDGET, True)
-            study.tell(trial, state=TrialState.FAIL)
-            break
-        trial.set_user_attr(WORKER, worker)
-        outcome = _one_trial(study, trial, evaluator, space, progress)
+    while (deadline is None or time.monotonic() < deadline) and _counted(study) < budget:
+        with _sigint_deferred():  # a trial is never left RUNNING between ask and the try below
+            trial = study.ask()
+            if _counted(study, before=trial.number) >= budget:  # another worker took the last one
+                trial.set_user_attr(OVER_BUDGET, True)
+                study.tell(trial, state=TrialState.FAIL)
+                break
+            trial.set_user_attr(WORKER, worker)
+        try:
+            outcome = _one_trial(study, trial, evaluator, space, progress)
+        except BaseException:
+            _give_back(study, trial)
+            raise
         ran += 1
         if on_trial is not None:
             on_trial(outcome)
     return ran
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM (delivered on leaving) where an interruption would orphan a trial."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _give_back(study: optuna.Study, trial: optuna.Trial) -> None:
+    """An interrupted trial: FAIL, not counted, and its parameters queued again."""
+    with _sigint_deferred():
+        trial.set_user_attr(INTERRUPTED, True)
+        study.tell(trial, state=TrialState.FAIL)
+        study.enqueue_trial(dict(trial.params), user_attrs={RETRY_OF: trial.number})
 
 
 def _one_trial(study: optuna.Study, trial: optuna.Trial, evaluator: Evaluator, space: dict,
@@ -168,9 +200,6 @@ def _one_trial(study: optuna.Study, trial: optuna.Trial, evaluator: Evaluator, s
         trial.set_user_attr(ERROR, str(exc))
         study.tell(trial, state=TrialState.FAIL)
         return TrialOutcome(trial.number, TrialState.FAIL, params, None, error=str(exc))
-    except BaseException:
-        study.tell(trial, state=TrialState.FAIL)
-        raise
     trial.set_user_attr(PARAMS, params)  # as run (rounded; `trial.params` holds what was drawn)
     _record(trial, evaluation, evaluator.slo_target)
     study.tell(trial, evaluation.x_bound)
@@ -184,8 +213,12 @@ def _record(trial: optuna.Trial, ev: Evaluation, slo_target: float) -> None:
     trial.set_constraint(CONSTRAINT, slo_target - ev.attainment)
 
 
-def _started(study: optuna.Study) -> int:
-    return sum(1 for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(OVER_BUDGET))
+def _counted(study: optuna.Study, before: int | None = None) -> int:
+    """Trials that use the budget (numbered below `before`): all but those opened past the
+    budget and those interrupted (their parameters were queued again)."""
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if (before is None or t.number < before)
+               and not t.user_attrs.get(OVER_BUDGET) and not t.user_attrs.get(INTERRUPTED))
 
 
 def finished(study: optuna.Study) -> list[FrozenTrial]:
