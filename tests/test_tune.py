@@ -213,7 +213,8 @@ def test_ctrl_c_keeps_the_best_trial_so_far(tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, "no trials finished"
             time.sleep(0.5)
         os.kill(proc.pid, signal.SIGINT)
-        assert proc.wait(timeout=60) == 130
+        code = proc.wait(timeout=60)
+        assert code == 130, proc.stderr.read()[-3000:]
     text = out.read_text()
     assert "policy: hybrid" in text and "held-out part" not in text
     r = subprocess.run([sys.executable, "-m", "qscale.cli", "run", "--config", str(out), "--check"], cwd=ROOT,
@@ -227,7 +228,8 @@ def test_ctrl_c_keeps_the_best_trial_so_far(tmp_path):
     again = study.get_trials(states=(TrialState.WAITING,))
     assert len(stopped) <= 1 and len(again) == len(stopped)
     for s, a in zip(stopped, again, strict=True):
-        assert a.user_attrs[RETRY_OF] == s.number and a.system_attrs["fixed_params"] == s.params
+        # what had been drawn when the signal came (a trial stopped mid-draw has fewer)
+        assert a.user_attrs[RETRY_OF] == s.number and a.system_attrs["fixed_params"].items() <= s.params.items()
 
 
 # --- two workers, one PostgreSQL study ----------------------------------------------------

@@ -138,14 +138,22 @@ def run_trials(study: optuna.Study, evaluator: Evaluator, space: dict, budget: i
     deadline = time.monotonic() + timeout_s if timeout_s else None
     ran = 0
     while (deadline is None or time.monotonic() < deadline) and _counted(study) < budget:
-        with _sigint_deferred():  # a trial is never left RUNNING between ask and the try below
+        held: list[int] = []
+        with _signals_held(held):  # a trial is never left RUNNING between ask and the try below
             trial = study.ask()
-            if _counted(study, before=trial.number) >= budget:  # another worker took the last one
+            over = _counted(study, before=trial.number) >= budget  # another worker took the last one
+            if over:
                 trial.set_user_attr(OVER_BUDGET, True)
                 study.tell(trial, state=TrialState.FAIL)
-                break
-            trial.set_user_attr(WORKER, worker)
+            else:
+                trial.set_user_attr(WORKER, worker)
+        if over:
+            if held:
+                raise KeyboardInterrupt
+            break
         try:
+            if held:
+                raise KeyboardInterrupt
             outcome = _one_trial(study, trial, evaluator, space, progress)
         except BaseException:
             _give_back(study, trial)
@@ -157,21 +165,24 @@ def run_trials(study: optuna.Study, evaluator: Evaluator, space: dict, budget: i
 
 
 @contextlib.contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM (delivered on leaving) where an interruption would orphan a trial."""
+def _signals_held(held: list[int]) -> Iterator[None]:
+    """Hold SIGINT and SIGTERM where an interruption would orphan a trial: one that comes
+    meanwhile is appended to `held`, for the caller to act on where it can."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    old = {sig: signal.signal(sig, lambda signum, frame: held.append(signum))
+           for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def _give_back(study: optuna.Study, trial: optuna.Trial) -> None:
     """An interrupted trial: FAIL, not counted, and its parameters queued again."""
-    with _sigint_deferred():
+    with _signals_held([]):
         trial.set_user_attr(INTERRUPTED, True)
         study.tell(trial, state=TrialState.FAIL)
         study.enqueue_trial(dict(trial.params), user_attrs={RETRY_OF: trial.number})
