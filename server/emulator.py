@@ -146,6 +146,8 @@ class EmulatedServer:
         assert self.metrics is not None
         assert req.e2e_s is not None
         self.metrics.e2e.observe(req.e2e_s)
+        self.metrics.prompt_len.observe(req.prompt)
+        self.metrics.output_len.observe(req.generated)
         if req.itl_s is not None:  # more than one output token
             self.metrics.itl.observe(req.itl_s)
         self.metrics.finished_by_reason["length"] = self.metrics.finished_by_reason.get("length", 0) + 1

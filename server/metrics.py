@@ -27,6 +27,19 @@ LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.
 LABELS = ("engine", "model_name")
 
 
+def length_buckets(max_model_len: int) -> tuple[float, ...]:
+    """vLLM's 1-2-5 token-count buckets up to max_model_len (`build_1_2_5_buckets`)."""
+    out: list[float] = []
+    exponent = 0
+    while True:
+        for mantissa in (1, 2, 5):
+            value = mantissa * 10**exponent
+            if value > max_model_len:
+                return tuple(out)
+            out.append(float(value))
+        exponent += 1
+
+
 class _ModelCollector:
     """Gauges and counters straight from the replica model's state."""
 
@@ -108,6 +121,11 @@ class VllmMetrics:
                         LATENCY_BUCKETS).labels("0", model_name)
         self.queue = hist("vllm:request_queue_time_seconds",
                           "Histogram of time spent in WAITING phase for request.", LATENCY_BUCKETS).labels("0", model_name)
+        lengths = length_buckets(model.p.max_model_len)
+        self.prompt_len = hist("vllm:request_prompt_tokens", "Number of prefill tokens processed.",
+                               lengths).labels("0", model_name)
+        self.output_len = hist("vllm:request_generation_tokens", "Number of generation tokens processed.",
+                               lengths).labels("0", model_name)
         self.app_ttft = hist("llm_time_to_first_token_seconds", "Time to first token (application view).",
                              TTFT_BUCKETS, ("model_name",)).labels(model_name)
 

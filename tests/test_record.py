@@ -291,7 +291,6 @@ def recorded(replicas, prometheus, tmp_path_factory):
     return known, rebuilt, proc.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="the emulator does not export vllm:request_{prompt,generation}_tokens yet")
 def test_arrivals_per_window_match_the_known_trace(recorded):
     """The total within 5%, each 10 s window within 10% of the known count (at least 5).
 
@@ -319,7 +318,6 @@ def _bucket(value: float) -> tuple[int, int]:
     return BOUNDS[i - 1], BOUNDS[i]
 
 
-@pytest.mark.xfail(strict=True, reason="the emulator does not export vllm:request_{prompt,generation}_tokens yet")
 @pytest.mark.parametrize(("column", "name"), [(1, "prompt"), (2, "output")])
 @pytest.mark.parametrize("q", [0.5, 0.9])
 def test_length_quantiles_match_within_a_bucket(recorded, column, name, q):
@@ -343,7 +341,6 @@ def _simulate(trace: Path, out: Path, rate_scale: float = RATE_SCALE) -> dict:
             **{name: row["gpu_hours"] for name, row in data["policies"].items()}}
 
 
-@pytest.mark.xfail(strict=True, reason="the emulator does not export vllm:request_{prompt,generation}_tokens yet")
 def test_the_simulator_sizes_both_traces_alike(recorded, tmp_path):
     """At 22x the rate (a fleet of several replicas), over the traffic's own span: the same
     static-best fleet, its (and the oracle's) GPU-hours within 5%, the work bound (GPU-hours
