@@ -14,7 +14,15 @@ from policies.engine import with_engine
 from policies.errors import UserError
 from simulations.oracle import OracleParams, OraclePolicy, OracleSearch, initial_replicas
 from simulations.profile import PerformanceProfile
-from simulations.references import BOUND, NAMES, ORACLE, STATIC_BEST, References, find_references
+from simulations.references import (
+    BOUND,
+    NAMES,
+    ORACLE,
+    STATIC_BEST,
+    References,
+    find_references,
+    search_static,
+)
 from simulations.request import Request
 from simulations.runner import Checkpoints, SimConfig, SimResult, simulate
 from simulations.traffic import TraceChunk
@@ -152,7 +160,7 @@ class Workbench:
         pays for, or profits from, a warm start that differs from the constant fleet's."""
         refs = find_references(
             self.work, self.cfg,
-            run_static=lambda n: self.run(self.create("static", {"replicas": n}), STATIC_BEST, False, n),
+            run_static=self._run_static,
             run_oracle=self._run_oracle,
             ceiling=self.ceiling, slo_target=slo_target, search=search,
         )
@@ -160,6 +168,17 @@ class Workbench:
             self.cfg = self.cfg.model_copy(update={"initial_replicas": refs.static_best_replicas})
         return refs
 
+
+    def warm_start_from_static_best(self, slo_target: float) -> int:
+        """Only the static-best search (no oracle): every later run starts with its fleet, as
+        after `references`. Returns that fleet's size."""
+        _, replicas = search_static(self._run_static, self.work, self.ceiling, slo_target)
+        if self.auto_initial:
+            self.cfg = self.cfg.model_copy(update={"initial_replicas": replicas})
+        return replicas
+
+    def _run_static(self, replicas: int) -> SimResult:
+        return self.run(self.create("static", {"replicas": replicas}), STATIC_BEST, False, replicas)
 
     def _run_oracle(self, utilization: float) -> SimResult:
         oracle = OraclePolicy(self.work, self.lead_s, utilization, OracleParams(max_replicas=self.ceiling))

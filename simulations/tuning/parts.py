@@ -73,8 +73,13 @@ class Part:
         return max(self.bench.work.bound_gpu_hours(), 1e-9)
 
 
-def build_part(label: str, spec: TraceSpec, cfg: SimConfig, ceiling: int) -> Part:
+def build_part(label: str, spec: TraceSpec, cfg: SimConfig, ceiling: int, slo_target: float | None) -> Part:
+    """With `slo_target`, every run on the part starts with static-best's fleet, as the
+    held-out report's runs (after `Workbench.references`) and `qscale simulate`'s do: trials
+    are judged on the same warm start they are reported on."""
     bench = Workbench(lambda: spec.traffic(cfg.seed), cfg, ceiling)
+    if slo_target is not None:
+        bench.warm_start_from_static_best(slo_target)
     return Part(label, spec, bench, max(bench.work.duration_s, 1.0))
 
 

@@ -34,21 +34,23 @@ Say = Callable[[str], None]
 INTERRUPTED = 130
 
 
-def tuning_parts(setup: StudySetup) -> tuple[list[Part], list[Part]]:
-    """(tuning parts, held-out parts) of every trace, each on its own workbench."""
+def tuning_parts(setup: StudySetup) -> list[Part]:
+    """The tuning part of every trace, each on its own workbench, warm-started like the report."""
     cfg = setup.sim_config()
-    tune, held = [], []
-    for spec in setup.traces:
-        tune_spec, held_spec = split(spec, setup.holdout)
-        tune.append(build_part(spec.label, tune_spec, cfg, setup.max_replicas))
-        if held_spec is not None:
-            held.append(build_part(spec.label, held_spec, cfg, setup.max_replicas))
-    return tune, held
+    return [build_part(spec.label, split(spec, setup.holdout)[0], cfg, setup.max_replicas, setup.slo_target)
+            for spec in setup.traces]
+
+
+def held_out_parts(setup: StudySetup) -> list[Part]:
+    """The held-out part of every trace (none at `holdout` 0); the report warm-starts them."""
+    cfg = setup.sim_config()
+    held = [(spec.label, split(spec, setup.holdout)[1]) for spec in setup.traces]
+    return [build_part(label, h, cfg, setup.max_replicas, None) for label, h in held if h is not None]
 
 
 def _trials(study, setup: StudySetup, worker: str, timeout_s: float | None, say: Say) -> None:
     """Run this process's share of the study's trials, one line and one bar per trial."""
-    tune, _ = tuning_parts(setup)
+    tune = tuning_parts(setup)
     evaluator = Evaluator(tune, setup.policy, setup.fixed, setup.slo_target)
     space = space_for(setup.policy, setup.fixed, setup.max_replicas)
     steps = evaluator.steps
@@ -138,10 +140,16 @@ def _header(setup: StudySetup, name: str, storage: str, number: int, meets: bool
             f"held out: last {setup.holdout:.0%} of each trace", ""]
 
 
+def _reported_in_sample(setup: StudySetup) -> list[Part]:
+    """Nothing held out: the report is on the tuning parts themselves (references rerun)."""
+    cfg = setup.sim_config()
+    return [build_part(spec.label, spec, cfg, setup.max_replicas, None) for spec in setup.traces]
+
+
 def _report(setup: StudySetup, params: dict, say: Say) -> list[str]:
     """The held-out comparison and the sensitivity, printed and returned for the file."""
-    tune, held = tuning_parts(setup)
-    parts = held or tune
+    held = held_out_parts(setup)
+    parts = held or _reported_in_sample(setup)
     space = space_for(setup.policy, setup.fixed, setup.max_replicas)
     say("held-out report: tuned, defaults, static-best and oracle ...")
     lines = report_lines(held_out_report(parts, setup.policy, setup.fixed, params, setup.slo_target,
