@@ -92,6 +92,7 @@ def test_a_plugin_policy_declares_its_space_on_its_params():
 
 def test_min_replicas_is_searched_below_the_ceiling():
     assert space_for("hybrid", {}, ceiling=4)["min_replicas"] == Tunable(0, 3, integer=True)
+    assert space_for("hybrid", {}, ceiling=100)["min_replicas"] == Tunable(0, 99, integer=True)
     assert "min_replicas" not in space_for("hybrid", {}, ceiling=1)
 
 

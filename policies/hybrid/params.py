@@ -34,8 +34,9 @@ class ScheduleWindow(BaseModel):
 
 
 class HybridParams(PolicyParams):
-    # The warm baseline: how large depends on the traffic, so it is searched.
-    min_replicas: Annotated[int, Tunable(0, 8, integer=True)] = 1
+    # The warm baseline: how large depends on the traffic, so it is searched (up to the fleet's
+    # ceiling: the tuner caps every min_replicas range below it).
+    min_replicas: Annotated[int, Tunable(0, 10_000, integer=True)] = 1
     max_replicas: int = 50
     engine: EngineParams = Field(default_factory=EngineParams,
                                  description="a replica's step-time model: the prior for its capacity")

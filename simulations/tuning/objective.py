@@ -4,7 +4,7 @@ The search minimizes GPU-hours, each part's as a multiple of its `bound` (so a l
 trace does not outweigh the others), subject to the lowest SLO attainment over the parts
 being at or above the target. Runs are checkpointed `CHECKPOINTS` times per part: at each
 checkpoint the run so far is scored for the pruner (GPU-hours so far plus a penalty per
-point of SLO shortfall), which stops trials that are already worse than most at that point.
+point of SLO shortfall, large enough that a shortfall outweighs any saving), which stops trials that are already worse than most at that point.
 The penalty only decides which trials are worth finishing; which finished trial is best is
 decided by the constraint itself (`study.choose`), never by trading SLO for GPU-hours.
 """
@@ -19,7 +19,10 @@ from simulations.runner import Checkpoints, Partial, SimResult
 from simulations.tuning.parts import Part
 
 CHECKPOINTS = 4  # per part: the fidelities a trial can be stopped at
-SHORTFALL_PENALTY = 20.0  # pruning score per unit of attainment below target (1 point: +0.2x bound)
+# Pruning score per unit of attainment below target: 1 point short costs 10x bound, more than
+# any cost difference between sensible configurations, so for the pruner (as for the choice)
+# meeting the SLO comes first and cost second.
+SHORTFALL_PENALTY = 1000.0
 
 Report = Callable[[int, float, float], None]  # (step, score so far, attainment so far); raises to stop
 Progress = Callable[[float], None]  # simulated seconds done over all parts
