@@ -138,8 +138,8 @@ class FakeDeployment:
 @dataclass(frozen=True)
 class AccessRule:
     """An RBAC grant, flattened: `verbs` on `resources` of `api_groups` (in `namespaces`; () is
-    cluster-wide), or `verbs` on `non_resource_urls` (a trailing * is a prefix), to any of
-    `users` or `groups`. "*" matches anything, as in RBAC."""
+    cluster-wide; only the objects `resource_names` when set), or `verbs` on `non_resource_urls`
+    (a trailing * is a prefix), to any of `users` or `groups`. "*" matches anything, as in RBAC."""
 
     users: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
@@ -148,6 +148,7 @@ class AccessRule:
     resources: tuple[str, ...] = ()
     namespaces: tuple[str, ...] = ()
     non_resource_urls: tuple[str, ...] = ()
+    resource_names: tuple[str, ...] = ()
 
     def subject(self, user: str, groups: list[str]) -> bool:
         return user in self.users or any(g in self.groups for g in groups)
@@ -161,10 +162,64 @@ class AccessRule:
             path = nra.get("path", "")
             return has(self.verbs, nra.get("verb", "")) and any(
                 path == u or (u.endswith("*") and path.startswith(u[:-1])) for u in self.non_resource_urls)
+        if ra is None or self.non_resource_urls:
+            return False
         resource = ra.get("resource", "") + (f"/{ra['subresource']}" if ra.get("subresource") else "")
         return (has(self.verbs, ra.get("verb", "")) and has(self.api_groups, ra.get("group", ""))
                 and has(self.resources, resource)
-                and (not self.namespaces or has(self.namespaces, ra.get("namespace", ""))))
+                and (not self.namespaces or has(self.namespaces, ra.get("namespace", "")))
+                and (not self.resource_names or ra.get("name", "") in self.resource_names))
+
+
+# Kubernetes' bootstrap grants to every caller (plugin/pkg/auth/authorizer/rbac/bootstrappolicy):
+# ClusterRole system:discovery, bound to system:authenticated, and system:public-info-viewer,
+# bound to system:authenticated and system:unauthenticated. Every service account's token has
+# these: a path they cover is readable by any pod.
+SYSTEM_DISCOVERY = AccessRule(groups=("system:authenticated",), verbs=("get",), non_resource_urls=(
+    "/livez", "/readyz", "/healthz", "/version", "/version/", "/openapi", "/openapi/*", "/api", "/api/*",
+    "/apis", "/apis/*"))
+SYSTEM_PUBLIC_INFO_VIEWER = AccessRule(groups=("system:authenticated", "system:unauthenticated"), verbs=("get",),
+                                       non_resource_urls=("/livez", "/readyz", "/healthz", "/version",
+                                                          "/version/"))
+BOOTSTRAP_RULES = (SYSTEM_DISCOVERY, SYSTEM_PUBLIC_INFO_VIEWER)
+
+
+def _subjects(binding: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(users, groups) a binding names; a ServiceAccount is the user system:serviceaccount:ns:name."""
+    users, groups = [], []
+    for s in binding.get("subjects") or []:
+        if s["kind"] == "ServiceAccount":
+            users.append(f"system:serviceaccount:{s.get('namespace') or binding['metadata'].get('namespace', '')}:"
+                         f"{s['name']}")
+        elif s["kind"] == "User":
+            users.append(s["name"])
+        elif s["kind"] == "Group":
+            groups.append(s["name"])
+    return tuple(users), tuple(groups)
+
+
+def _access_rule(rule: dict, users: tuple[str, ...], groups: tuple[str, ...], namespaces: tuple[str, ...]):
+    verbs = tuple(rule["verbs"])
+    if rule.get("nonResourceURLs"):
+        return AccessRule(users, groups, verbs, non_resource_urls=tuple(rule["nonResourceURLs"]))
+    return AccessRule(users, groups, verbs, tuple(rule.get("apiGroups") or ()), tuple(rule.get("resources") or ()),
+                      namespaces, resource_names=tuple(rule.get("resourceNames") or ()))
+
+
+def rbac_access_rules(docs) -> list[AccessRule]:
+    """The grants of the Roles and ClusterRoles in `docs` (rendered manifests) through the bindings
+    in `docs`, as the double's rules: a RoleBinding grants in its namespace, a ClusterRoleBinding
+    everywhere. Bindings to roles not in `docs` (bootstrap roles) are left out."""
+    roles = {(d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"]): d.get("rules") or []
+             for d in docs if d["kind"] in ("Role", "ClusterRole")}
+    out: list[AccessRule] = []
+    for b in (d for d in docs if d["kind"] in ("RoleBinding", "ClusterRoleBinding")):
+        ns = b["metadata"].get("namespace", "") if b["kind"] == "RoleBinding" else ""
+        ref = b["roleRef"]
+        rules = roles.get((ref["kind"], ns if ref["kind"] == "Role" else "", ref["name"]))
+        users, groups = _subjects(b)
+        out += [_access_rule(r, users, groups, (ns,) if ns else ()) for r in rules or ()]
+    return out
 
 
 @dataclass

@@ -29,8 +29,16 @@ from autoscaler.config import AutoscalerConfig
 from autoscaler.loop import LastDecision
 from autoscaler.service import AutoscalerService
 from policies import Signals
-from tests.k8s_double import AccessRule, KubeDouble, TokenUser, extension_apiserver_authentication
+from tests.k8s_double import (
+    BOOTSTRAP_RULES,
+    AccessRule,
+    KubeDouble,
+    TokenUser,
+    extension_apiserver_authentication,
+    rbac_access_rules,
+)
 from tests.servers import free_port
+from tests.test_manifests import overlay
 
 HPA_USER = "system:serviceaccount:kube-system:horizontal-pod-autoscaler"
 HPA_GROUPS = ["system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated"]
@@ -71,6 +79,9 @@ def pki(tmp_path_factory) -> Pki:
 READER = TokenUser("system:serviceaccount:monitoring:reader",
                    ("system:serviceaccounts", "system:serviceaccounts:monitoring", "system:authenticated"))
 NOBODY = TokenUser("system:serviceaccount:default:nobody", ("system:serviceaccounts", "system:authenticated"))
+# The keda overlay's reader (manifests/overlays/keda/reader.yaml), its RBAC as the overlay grants it.
+KEDA_READER = TokenUser("system:serviceaccount:llm:qscale-targets-reader",
+                        ("system:serviceaccounts", "system:serviceaccounts:llm", "system:authenticated"))
 
 
 @pytest.fixture(scope="module")
@@ -79,14 +90,15 @@ def kube(pki):
     double.start()
     double.configmaps[("kube-system", "extension-apiserver-authentication")] = extension_apiserver_authentication(
         pki.requestheader_ca.cert_pem.decode(), ["front-proxy-client"])
-    double.auth.tokens = {"reader-token": READER, "nobody-token": NOBODY}
+    double.auth.tokens = {"reader-token": READER, "nobody-token": NOBODY, "keda-token": KEDA_READER}
     double.auth.rules = [
         # the HPA controller's bootstrap role: get,list on external.metrics.k8s.io/*
         AccessRule(users=(HPA_USER,), verbs=("get", "list"), api_groups=(EXT,), resources=("*",)),
         AccessRule(users=(READER.username,), verbs=("list",), api_groups=(EXT,), resources=("inference_queue_depth",),
                    namespaces=("llm",)),
-        # system:discovery: every authenticated user may read discovery documents
-        AccessRule(groups=("system:authenticated",), verbs=("get",), non_resource_urls=("/apis", "/apis/*")),
+        # system:discovery and system:public-info-viewer: what every token may read
+        *BOOTSTRAP_RULES,
+        *rbac_access_rules(overlay("keda")),
     ]
     yield double
     double.stop()
@@ -126,8 +138,9 @@ class RunningService:
 
     def __init__(self, config: AutoscalerConfig) -> None:
         self.service = AutoscalerService(config)
-        self.service.loops[0].backend = BrokenBackend()
-        self.service.loops[0].last = decision(23)
+        for loop in self.service.loops:
+            loop.backend = BrokenBackend()
+            loop.last = decision(23)
         self.port = config.host_port[1]
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self.service.run(),), daemon=True)
@@ -154,8 +167,9 @@ def service_config(pki: Pki, kube: KubeDouble, **extra) -> AutoscalerConfig:
     cert, key = str(pki.folder / "serving.crt"), str(pki.folder / "serving.key")
     return AutoscalerConfig(listen=f"127.0.0.1:{free_port()}", tick_s=3600, authentication="delegated",
                             tls_cert_file=cert, tls_key_file=key, kube_api_url=f"http://127.0.0.1:{kube.port}",
-                            targets=[{"name": "chat", "policy": "static", "params": {"replicas": 2},
-                                      "local": {"service_port": free_port(), "base_port": free_port()}}], **extra)
+                            targets=[{"name": name, "policy": "static", "params": {"replicas": 2},
+                                      "local": {"service_port": free_port(), "base_port": free_port()}}
+                                     for name in ("chat", "vllm")], **extra)
 
 
 @pytest.fixture(scope="module")
@@ -311,6 +325,36 @@ def test_a_token_user_the_access_review_allows_gets_the_list_and_answers_are_cac
     assert code == 403 and 'in the namespace "default"' in body["message"]
 
 
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_any_pods_token_may_read_discovery_but_not_the_targets_api(server, pki, kube):
+    """system:discovery lets every authenticated user GET /api and /api/*: the targets API is
+    authorized as the resource `targets` of the core group, which no bootstrap role grants."""
+    assert get(server, pki, DISCOVERY, None, bearer("nobody-token"))[0] == 200  # the bootstrap rules are there
+    for path in ("/api/v1/targets", "/api/v1/targets/vllm"):
+        code, body = get(server, pki, path, None, bearer("nobody-token"))
+        assert code == 403, (path, body)
+        assert_status(body, 403, "Forbidden")
+    code, body = get(server, pki, "/api/v1/targets/vllm", None, bearer("nobody-token"))
+    assert body["message"] == ('targets "vllm" is forbidden: User "system:serviceaccount:default:nobody" cannot '
+                               'get resource "targets" in API group "" at the cluster scope')
+
+
+def test_the_keda_reader_reads_its_target_and_nothing_else(server, pki, kube):
+    """The keda overlay's ClusterRole (get on targets, resourceNames [vllm]) is exactly what the
+    ScaledObject's GET /api/v1/targets/vllm needs."""
+    mark = len(kube.auth.asked)
+    code, body = get(server, pki, "/api/v1/targets/vllm", None, bearer("keda-token"))
+    assert code == 200 and body["name"] == "vllm" and body["desired"] == 5, body
+    (sar,) = [a for a in reviews_since(kube, mark) if a["kind"] == "SubjectAccessReview"]
+    assert sar["spec"]["resourceAttributes"] == {"group": "", "version": "v1", "resource": "targets",
+                                                 "name": "vllm", "verb": "get"}
+    for path in ("/api/v1/targets", "/api/v1/targets/chat", "/metrics", METRIC_PATH):
+        assert get(server, pki, path, None, bearer("keda-token"))[0] == 403, path
+
+
 def test_health_endpoints_stay_open(server, pki):
     assert get(server, pki, "/healthz") == (200, "ok")
     assert get(server, pki, "/livez") == (200, "ok")
@@ -401,7 +445,11 @@ def test_request_attributes_as_the_api_server_resolves_them():
     assert a.verb == "list" and a.resource == ResourceAttributes(EXT, "v1beta1", "inference_queue_depth", "llm")
     assert request_attributes("GET", DISCOVERY).resource is None
     assert request_attributes("GET", "/metrics") == request_attributes("GET", "/metrics")
-    assert request_attributes("GET", "/api/v1/targets").resource is None  # qscale's own API
+    # qscale's own API, as the API server resolves the legacy group: the resource `targets` of group ""
+    listed, named = request_attributes("GET", "/api/v1/targets"), request_attributes("GET", "/api/v1/targets/vllm")
+    assert listed.verb == "list" and listed.resource == ResourceAttributes("", "v1", "targets")
+    assert named.verb == "get" and named.resource == ResourceAttributes("", "v1", "targets", name="vllm")
+    assert request_attributes("GET", "/api").resource is None and request_attributes("GET", "/api/v1").resource is None
     named = request_attributes("GET", "/apis/apps/v1/namespaces/llm/deployments/vllm/scale")
     assert named.verb == "get" and named.resource == ResourceAttributes("apps", "v1", "deployments", "llm", "vllm",
                                                                         "scale")

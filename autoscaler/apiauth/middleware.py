@@ -96,9 +96,10 @@ def forbidden(user: UserInfo, attrs: RequestAttributes, reason: str) -> web.Resp
                                                  f'"{attrs.path}"{why}', {})
     qualified = f"{r.resource}.{r.group}" if r.group else r.resource
     named = f' "{r.name}"' if r.name else ""
-    where = f' in the namespace "{r.namespace}"' if r.namespace else ""
+    resource = f"{r.resource}/{r.subresource}" if r.subresource else r.resource
+    where = f' in the namespace "{r.namespace}"' if r.namespace else " at the cluster scope"
     message = (f'{qualified}{named} is forbidden: User "{user.name}" cannot {attrs.verb} resource '
-               f'"{r.resource}" in API group "{r.group}"{where}{why}')
+               f'"{resource}" in API group "{r.group}"{where}{why}')
     details = {"name": r.name, "group": r.group, "kind": r.resource} if r.name else {"group": r.group,
                                                                                    "kind": r.resource}
     return status_response(403, "Forbidden", message, details)
