@@ -187,6 +187,7 @@ class AutoscalerService:
             for job in background:
                 job.cancel()
             await self._runner.cleanup()
+            security.close()
         return 0
 
     async def _forward(self, until: asyncio.Event) -> None:

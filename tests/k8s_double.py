@@ -66,6 +66,7 @@ class Faults:
     api_down: bool = False  # every request gets 503
     metrics_timeout_pods: set[str] = field(default_factory=set)
     metrics_garbage_pods: set[str] = field(default_factory=set)
+    review_delay_s: float = 0.0  # TokenReview and SubjectAccessReview answer this late (a slow API server)
 
 
 @dataclass(frozen=True)
@@ -493,10 +494,12 @@ class KubeDouble:
 
     async def create_token_review(self, request: web.Request) -> web.Response:
         code, body = self.auth.token_review(await request.json())
+        await asyncio.sleep(self.faults.review_delay_s)
         return web.json_response(body, status=code)
 
     async def create_access_review(self, request: web.Request) -> web.Response:
         code, body = self.auth.access_review(await request.json())
+        await asyncio.sleep(self.faults.review_delay_s)
         return web.json_response(body, status=code)
 
     def _record(self, request: web.Request, status_code: int) -> None:

@@ -355,6 +355,74 @@ def test_the_keda_reader_reads_its_target_and_nothing_else(server, pki, kube):
         assert get(server, pki, path, None, bearer("keda-token"))[0] == 403, path
 
 
+# --- a flood of reviews ----------------------------------------------------------------------
+
+
+async def _to_thread_latency() -> float:
+    """How long `asyncio.to_thread` (the control loop's Kubernetes and Prometheus calls) waits for
+    a thread of the event loop's default executor."""
+    start = time.perf_counter()
+    await asyncio.to_thread(time.sleep, 0)
+    return time.perf_counter() - start
+
+
+def probe(running: RunningService) -> float:
+    return asyncio.run_coroutine_threadsafe(_to_thread_latency(), running.loop).result(60)
+
+
+def junk_token_burst(running: RunningService, pki: Pki, n: int) -> list[tuple[int, dict, str | None]]:
+    """`n` requests at once, each with a token no TokenReview knows: (status, body, Retry-After)."""
+    import aiohttp
+
+    async def one(session, i: int):
+        async with session.get(f"https://127.0.0.1:{running.port}{METRIC_PATH}",
+                               headers={"Authorization": f"Bearer junk-{i}"}) as resp:
+            return resp.status, await resp.json(content_type=None), resp.headers.get("Retry-After")
+
+    async def all_at_once():
+        connector = aiohttp.TCPConnector(limit=0, ssl=client_context(pki))
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+            return await asyncio.gather(*(one(session, i) for i in range(n)))
+
+    return asyncio.run(all_at_once())
+
+
+def token_reviews(kube: KubeDouble, mark: int) -> int:
+    return sum(a["kind"] == "TokenReview" for a in reviews_since(kube, mark))
+
+
+def test_a_junk_token_flood_leaves_the_control_loops_threads_free_and_is_cut_off_with_429(pki, kube):
+    """Every review answered late (0.3 s) and 160 junk tokens at once: the reviews run on threads
+    of their own, so `asyncio.to_thread` on the default executor (the control loop's Kubernetes
+    and Prometheus calls) waits no longer than when idle (a generous factor: before, it queued
+    behind the reviews, seconds); reviews past the cap are not queued but answered 429."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    running = RunningService(service_config(pki, kube))
+    running.start()
+    try:
+        idle = max(probe(running) for _ in range(5))
+        mark = len(kube.auth.asked)
+        kube.faults.review_delay_s = 0.3
+        with ThreadPoolExecutor(1) as pool:
+            answers = pool.submit(junk_token_burst, running, pki, 160)
+            deadline = time.monotonic() + 30
+            while token_reviews(kube, mark) < 8 and time.monotonic() < deadline:
+                time.sleep(0.01)  # the review threads (and, before, the default executor) are busy
+            busy = max(probe(running) for _ in range(3))
+            results = answers.result(120)
+    finally:
+        kube.faults.review_delay_s = 0.0
+        running.stop()
+    assert busy <= max(0.25, 20 * idle), (busy, idle)
+    codes = [code for code, _, _ in results]
+    assert set(codes) <= {401, 429} and codes.count(429) >= 1 and codes.count(401) >= 1, codes
+    assert token_reviews(kube, mark) == codes.count(401)  # a 429 costs the API server nothing
+    code, body, retry_after = next(r for r in results if r[0] == 429)
+    assert_status(body, 429, "TooManyRequests")
+    assert retry_after == "1" and body["details"] == {"retryAfterSeconds": 1}
+
+
 def test_health_endpoints_stay_open(server, pki):
     assert get(server, pki, "/healthz") == (200, "ok")
     assert get(server, pki, "/livez") == (200, "ok")
@@ -417,6 +485,7 @@ def test_delegated_without_a_certificate_serves_a_self_signed_one_with_a_warning
     config = service_config(pki, kube).model_copy(update={"tls_cert_file": None, "tls_key_file": None})
     with capture_logs() as logs:
         security = api_security(config)
+    security.close()  # its review threads
     assert security.scheme == "https" and security.ssl_context.verify_mode == ssl.CERT_OPTIONAL
     assert security.middlewares
     assert any(e["log_level"] == "warning" and "self-signed" in e["event"] for e in logs), logs

@@ -576,9 +576,12 @@ async def _delegated_auth(url: str, cfg: AutoscalerConfig) -> None:
         return web.Response(text="ok")
 
     app.router.add_get("/metrics", metrics)
-    async with TestClient(TestServer(app)) as http:
-        resp = await http.get("/metrics", headers={"Authorization": "Bearer scraper-token"})
-        assert resp.status == 200, await resp.text()
+    try:
+        async with TestClient(TestServer(app)) as http:
+            resp = await http.get("/metrics", headers={"Authorization": "Bearer scraper-token"})
+            assert resp.status == 200, await resp.text()
+    finally:
+        security.close()
 
 
 def record_calls(writes: bool) -> list:

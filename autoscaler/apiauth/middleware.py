@@ -5,8 +5,9 @@ Authentication tries, in order (Kubernetes' union authenticator):
    request-header headers (headers from anyone else are ignored, never trusted);
 2. a bearer token, by TokenReview.
 Nobody -> 401. Authorization: the always-allowed groups (system:masters), else a
-SubjectAccessReview -> 403 when it denies, 500 when it cannot be asked. The always-allowed
-paths (/healthz, /livez, /readyz) skip both.
+SubjectAccessReview -> 403 when it denies, 500 when it cannot be asked. A request whose review
+finds too many reviews in flight -> 429 with Retry-After (autoscaler.apiauth.reviews.ReviewPool).
+The always-allowed paths (/healthz, /livez, /readyz) skip both.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ from aiohttp import web
 from autoscaler.apiauth.attributes import RequestAttributes, request_attributes
 from autoscaler.apiauth.identity import UserInfo
 from autoscaler.apiauth.requestheader import RequestHeaderAuthenticator
-from autoscaler.apiauth.reviews import AccessReviewer, ReviewError, TokenReviewer, Verdict
+from autoscaler.apiauth.reviews import (
+    AccessReviewer,
+    Overloaded,
+    ReviewError,
+    TokenReviewer,
+    Verdict,
+)
 from autoscaler.apiauth.status import status_response
 
 log = structlog.get_logger("qscale.apiauth")
@@ -105,6 +112,17 @@ def forbidden(user: UserInfo, attrs: RequestAttributes, reason: str) -> web.Resp
     return status_response(403, "Forbidden", message, details)
 
 
+RETRY_AFTER_S = 1
+
+
+def too_many_requests() -> web.Response:
+    """As the API server's max-in-flight limit answers: 429, a Status, Retry-After."""
+    response = status_response(429, "TooManyRequests", "Too many requests, please try again later.",
+                               {"retryAfterSeconds": RETRY_AFTER_S})
+    response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
+
+
 def internal_error(error: str) -> web.Response:
     return status_response(500, "InternalError", f"Internal error occurred: {error}",
                            {"causes": [{"message": error}]})
@@ -121,12 +139,17 @@ def auth_middleware(authenticator: RequestAuthenticator, authorizer: RequestAuth
     async def authenticate_and_authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
         if is_open(request.path, open_paths):
             return await handler(request)
-        user = await authenticator.authenticate(request)
+        try:
+            user = await authenticator.authenticate(request)
+        except Overloaded:
+            return too_many_requests()
         if user is None:
             return unauthorized()
         attrs = request_attributes(request.method, request.path, request.query.get("watch") in ("true", "1"))
         try:
             verdict = await authorizer.authorize(user, attrs)
+        except Overloaded:
+            return too_many_requests()
         except ReviewError as exc:
             log.warning("access review failed", user=user.name, path=request.path, error=str(exc))
             return internal_error(f"authorization: {exc}")

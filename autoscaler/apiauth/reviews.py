@@ -3,16 +3,25 @@ official `kubernetes` client, each answer reused for a short time (Kubernetes' d
 authenticator and authorizer cache both for 10 s), at most `size` answers kept, and one review in
 flight per question however many requests ask it at once.
 
+The client blocks, so its calls run on threads - their own (`ReviewPool`: 4), never the event
+loop's default executor, which the control loop's Kubernetes and Prometheus calls use: a flood
+of requests with junk tokens cannot stall scaling. At most 64 reviews run or wait at once; past
+that a request is refused at once (`Overloaded`: 429 with Retry-After, as the API server's
+max-in-flight limit answers), costing the API server nothing.
+
 A review the API server could not answer raises `ReviewError` and is not cached.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -26,10 +35,16 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 REVIEW_TIMEOUT_S = 5.0  # the aggregator gives the availability probe 5 s
+REVIEW_THREADS = 4  # client calls at once; each holds a thread up to REVIEW_TIMEOUT_S
+MAX_REVIEWS_IN_FLIGHT = 64  # running or waiting for a thread; more: 429
 
 
 class ReviewError(Exception):
     """The API server did not answer a review (unreachable, 5xx, forbidden to us)."""
+
+
+class Overloaded(Exception):
+    """Too many reviews in flight: the request is refused (429), not queued."""
 
 
 class TtlCache(Generic[K, V]):
@@ -88,22 +103,52 @@ class TtlCache(Generic[K, V]):
         return value
 
 
-async def _call(fn, *args, **kwargs):
-    """A blocking client call on a worker thread, its failures as ReviewError."""
-    try:
-        return await asyncio.to_thread(fn, *args, _request_timeout=REVIEW_TIMEOUT_S, **kwargs)
-    except ApiException as exc:
-        raise ReviewError(f"{exc.status} {exc.reason}".strip()) from None
-    except Exception as exc:  # urllib3 connection and timeout errors
-        raise ReviewError(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+class ReviewPool:
+    """The reviews' blocking client calls, on `threads` threads of their own, at most
+    `max_in_flight` running or waiting at once (counted until the call ends on its thread, so a
+    request that gives up does not free a place its call still holds)."""
+
+    def __init__(self, threads: int = REVIEW_THREADS, max_in_flight: int = MAX_REVIEWS_IN_FLIGHT) -> None:
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="qscale-review")
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+
+    async def call(self, fn, *args, **kwargs):
+        """`fn(*args, **kwargs)` on a review thread, its failures as ReviewError; Overloaded at the cap."""
+        if self.in_flight >= self.max_in_flight:
+            raise Overloaded(f"{self.in_flight} reviews in flight")
+        loop = asyncio.get_running_loop()
+        self.in_flight += 1
+        job: Future = self._executor.submit(functools.partial(fn, *args, _request_timeout=REVIEW_TIMEOUT_S, **kwargs))
+        job.add_done_callback(lambda _: self._release(loop))
+        try:
+            return await asyncio.wrap_future(job)
+        except ApiException as exc:
+            raise ReviewError(f"{exc.status} {exc.reason}".strip()) from None
+        except Exception as exc:  # urllib3 connection and timeout errors
+            raise ReviewError(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+
+    def _release(self, loop: asyncio.AbstractEventLoop) -> None:
+        """From the review thread (or at once, for a cancelled call): one place free again."""
+        def release() -> None:
+            self.in_flight -= 1
+
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody counts any more
+            loop.call_soon_threadsafe(release)
+
+    def close(self) -> None:
+        """Calls not started are dropped; running ones end within REVIEW_TIMEOUT_S."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 class TokenReviewer:
     """A bearer token's user by TokenReview (authentication.k8s.io/v1); None when rejected."""
 
-    def __init__(self, api: client.AuthenticationV1Api, cache: TtlCache[bytes, UserInfo | None]) -> None:
+    def __init__(self, api: client.AuthenticationV1Api, cache: TtlCache[bytes, UserInfo | None],
+                 pool: ReviewPool) -> None:
         self.api = api
         self.cache = cache
+        self.pool = pool
 
     async def review(self, token: str) -> UserInfo | None:
         key = hashlib.sha256(token.encode()).digest()  # the token itself is not kept
@@ -112,7 +157,7 @@ class TokenReviewer:
     async def _ask(self, token: str) -> UserInfo | None:
         body = client.V1TokenReview(api_version="authentication.k8s.io/v1", kind="TokenReview",
                                     spec=client.V1TokenReviewSpec(token=token))
-        answer = await _call(self.api.create_token_review, body)
+        answer = await self.pool.call(self.api.create_token_review, body)
         status = answer.status
         if status is None or not status.authenticated or status.user is None or not status.user.username:
             return None
@@ -129,9 +174,10 @@ class Verdict:
 class AccessReviewer:
     """Whether a user may do what a request asks, by SubjectAccessReview (authorization.k8s.io/v1)."""
 
-    def __init__(self, api: client.AuthorizationV1Api, cache: TtlCache[tuple, Verdict]) -> None:
+    def __init__(self, api: client.AuthorizationV1Api, cache: TtlCache[tuple, Verdict], pool: ReviewPool) -> None:
         self.api = api
         self.cache = cache
+        self.pool = pool
 
     async def review(self, user: UserInfo, attrs: RequestAttributes) -> Verdict:
         return await self.cache.get((user, attrs), lambda: self._ask(user, attrs))
@@ -139,7 +185,7 @@ class AccessReviewer:
     async def _ask(self, user: UserInfo, attrs: RequestAttributes) -> Verdict:
         body = client.V1SubjectAccessReview(api_version="authorization.k8s.io/v1", kind="SubjectAccessReview",
                                             spec=_spec(user, attrs))
-        answer = await _call(self.api.create_subject_access_review, body)
+        answer = await self.pool.call(self.api.create_subject_access_review, body)
         status = answer.status
         if status is None:
             raise ReviewError("SubjectAccessReview answered without a status")

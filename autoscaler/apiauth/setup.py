@@ -28,7 +28,7 @@ from autoscaler.apiauth.requestheader import (
     RequestHeaderSettings,
     resolve,
 )
-from autoscaler.apiauth.reviews import AccessReviewer, TokenReviewer, TtlCache
+from autoscaler.apiauth.reviews import AccessReviewer, ReviewPool, TokenReviewer, TtlCache
 from autoscaler.apiauth.tls import CertificateReloader, development_certificate, server_context
 from autoscaler.config import AutoscalerConfig
 from autoscaler.kube.client import api_client
@@ -43,10 +43,15 @@ class ApiSecurity:
     middlewares: tuple = ()
     request_header: RequestHeaderSettings | None = None
     background: tuple[Callable[[], Awaitable[None]], ...] = ()  # run while serving (certificate reload)
+    closers: tuple[Callable[[], None], ...] = ()  # called once the server has stopped (review threads)
 
     @property
     def scheme(self) -> str:
         return "https" if self.ssl_context is not None else "http"
+
+    def close(self) -> None:
+        for close in self.closers:
+            close()
 
 
 def api_security(config: AutoscalerConfig) -> ApiSecurity:
@@ -138,10 +143,11 @@ def _delegated(config: AutoscalerConfig) -> ApiSecurity:
     settings = _request_header(config, kube)
     ctx = _serving_context(config, settings)
     ttl, size = config.auth_cache_ttl_s, config.auth_cache_size
+    pool = ReviewPool()  # the reviews' own threads: never the control loop's default executor
     authenticator = RequestAuthenticator(
         RequestHeaderAuthenticator(settings) if settings is not None else None,
-        TokenReviewer(client.AuthenticationV1Api(kube), TtlCache(ttl, size)))
-    authorizer = RequestAuthorizer(AccessReviewer(client.AuthorizationV1Api(kube), TtlCache(ttl, size)),
+        TokenReviewer(client.AuthenticationV1Api(kube), TtlCache(ttl, size), pool))
+    authorizer = RequestAuthorizer(AccessReviewer(client.AuthorizationV1Api(kube), TtlCache(ttl, size), pool),
                                    config.authorization_always_allow_groups)
     middleware = auth_middleware(authenticator, authorizer, config.authorization_always_allow_paths)
-    return ApiSecurity(ctx, (middleware,), settings, _reload(config, ctx))
+    return ApiSecurity(ctx, (middleware,), settings, _reload(config, ctx), (pool.close,))
