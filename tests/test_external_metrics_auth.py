@@ -79,6 +79,7 @@ def pki(tmp_path_factory) -> Pki:
 READER = TokenUser("system:serviceaccount:monitoring:reader",
                    ("system:serviceaccounts", "system:serviceaccounts:monitoring", "system:authenticated"))
 NOBODY = TokenUser("system:serviceaccount:default:nobody", ("system:serviceaccounts", "system:authenticated"))
+SPELLING = TokenUser("system:serviceaccount:monitoring:spelling", ("system:authenticated",))
 # The keda overlay's reader (manifests/overlays/keda/reader.yaml), its RBAC as the overlay grants it.
 KEDA_READER = TokenUser("system:serviceaccount:llm:qscale-targets-reader",
                         ("system:serviceaccounts", "system:serviceaccounts:llm", "system:authenticated"))
@@ -90,12 +91,17 @@ def kube(pki):
     double.start()
     double.configmaps[("kube-system", "extension-apiserver-authentication")] = extension_apiserver_authentication(
         pki.requestheader_ca.cert_pem.decode(), ["front-proxy-client"])
-    double.auth.tokens = {"reader-token": READER, "nobody-token": NOBODY, "keda-token": KEDA_READER}
+    double.auth.tokens = {"reader-token": READER, "nobody-token": NOBODY, "keda-token": KEDA_READER,
+                          "spelling-token": SPELLING}
     double.auth.rules = [
         # the HPA controller's bootstrap role: get,list on external.metrics.k8s.io/*
         AccessRule(users=(HPA_USER,), verbs=("get", "list"), api_groups=(EXT,), resources=("*",)),
         AccessRule(users=(READER.username,), verbs=("list",), api_groups=(EXT,), resources=("inference_queue_depth",),
                    namespaces=("llm",)),
+        AccessRule(groups=("team-a",), verbs=("list",), api_groups=(EXT,), resources=("inference_queue_depth",)),
+        AccessRule(users=(SPELLING.username,), verbs=("list",), api_groups=(EXT,),
+                   resources=("inference_queue_depth",)),
+        AccessRule(users=(SPELLING.username,), verbs=("get",), non_resource_urls=("/metrics",)),
         # system:discovery and system:public-info-viewer: what every token may read
         *BOOTSTRAP_RULES,
         *rbac_access_rules(overlay("keda")),
@@ -355,6 +361,31 @@ def test_the_keda_reader_reads_its_target_and_nothing_else(server, pki, kube):
         assert get(server, pki, path, None, bearer("keda-token"))[0] == 403, path
 
 
+def test_one_user_in_two_groups_gets_two_answers(server, pki, kube):
+    """The cached answer is keyed on everything the review asks: the same user in a group the
+    rules allow and in one they do not must not share it."""
+    user = "jane-in-teams"
+    assert get(server, pki, METRIC_PATH, pki.aggregator, hpa_headers(user, ["team-a", "system:authenticated"]))[0] == 200
+    code, body = get(server, pki, METRIC_PATH, pki.aggregator, hpa_headers(user, ["team-b", "system:authenticated"]))
+    assert code == 403, body
+    assert get(server, pki, METRIC_PATH, pki.aggregator, hpa_headers(user, ["team-a", "system:authenticated"]))[0] == 200
+
+
+def test_spellings_of_one_path_cost_one_review(server, pki, kube):
+    """`//apis/...` asks what `/apis/...` asks (the same resource attributes), `//metrics` what
+    `/metrics` asks: one SubjectAccessReview each, whatever the spelling (only the proper one is
+    served; the others are 404)."""
+    mark = len(kube.auth.asked)
+    codes = [get(server, pki, path, None, bearer("spelling-token"))[0]
+             for path in (METRIC_PATH, "/" + METRIC_PATH, METRIC_PATH.replace("/llm/", "//llm/"),
+                          "/metrics", "//metrics", "///metrics")]
+    assert codes == [200, 404, 404, 200, 404, 404]
+    sars = [a["spec"] for a in reviews_since(kube, mark) if a["kind"] == "SubjectAccessReview"]
+    assert [s.get("resourceAttributes") or s["nonResourceAttributes"] for s in sars] == [
+        {"group": EXT, "version": "v1beta1", "resource": "inference_queue_depth", "namespace": "llm", "verb": "list"},
+        {"path": "/metrics", "verb": "get"}]
+
+
 # --- a flood of reviews ----------------------------------------------------------------------
 
 
@@ -522,6 +553,25 @@ def test_request_attributes_as_the_api_server_resolves_them():
     named = request_attributes("GET", "/apis/apps/v1/namespaces/llm/deployments/vllm/scale")
     assert named.verb == "get" and named.resource == ResourceAttributes("apps", "v1", "deployments", "llm", "vllm",
                                                                         "scale")
+
+
+def test_the_cache_key_is_the_whole_question():
+    from autoscaler.apiauth.identity import UserInfo
+    from autoscaler.apiauth.reviews import AccessQuestion
+
+    jane = UserInfo.make("jane", ["team-a"], "uid-1", {"scopes": ["x"]})
+    ask = request_attributes("GET", METRIC_PATH)
+    others = [UserInfo.make("john", ["team-a"], "uid-1", {"scopes": ["x"]}),
+              UserInfo.make("jane", ["team-b"], "uid-1", {"scopes": ["x"]}),
+              UserInfo.make("jane", ["team-a"], "uid-2", {"scopes": ["x"]}),
+              UserInfo.make("jane", ["team-a"], "uid-1", {"scopes": ["y"]})]
+    assert all(AccessQuestion.of(u, ask) != AccessQuestion.of(jane, ask) for u in others)
+    assert AccessQuestion.of(jane, request_attributes("GET", "//" + METRIC_PATH)) == AccessQuestion.of(jane, ask)
+    assert AccessQuestion.of(jane, request_attributes("GET", METRIC_PATH.replace("llm", "other"))) != \
+        AccessQuestion.of(jane, ask)
+    metrics = AccessQuestion.of(jane, request_attributes("GET", "/metrics"))
+    assert AccessQuestion.of(jane, request_attributes("GET", "//metrics")) == metrics
+    assert AccessQuestion.of(jane, request_attributes("GET", "/version/")).path == "/version/"  # RBAC tells them apart
 
 
 def test_open_paths_are_exact_or_a_prefix_without_dot_segments():

@@ -1,7 +1,9 @@
 """Delegated authentication and authorization: TokenReview and SubjectAccessReview through the
 official `kubernetes` client, each answer reused for a short time (Kubernetes' delegating
 authenticator and authorizer cache both for 10 s), at most `size` answers kept, and one review in
-flight per question however many requests ask it at once.
+flight per question however many requests ask it at once. A token's answer is kept under the
+token's SHA-256, an access review's under the question it asks (`AccessQuestion`: the whole
+user and the attributes, never the raw path).
 
 The client blocks, so its calls run on threads - their own (`ReviewPool`: 4), never the event
 loop's default executor, which the control loop's Kubernetes and Prometheus calls use: a flood
@@ -18,6 +20,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
@@ -28,7 +31,7 @@ from typing import Generic, TypeVar
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from autoscaler.apiauth.attributes import RequestAttributes
+from autoscaler.apiauth.attributes import RequestAttributes, ResourceAttributes
 from autoscaler.apiauth.identity import UserInfo
 
 K = TypeVar("K", bound=Hashable)
@@ -171,35 +174,60 @@ class Verdict:
     reason: str = ""
 
 
+def normalized_path(path: str) -> str:
+    """A non-resource path with each run of slashes as one (`//metrics` is `/metrics`)."""
+    return re.sub(r"/{2,}", "/", path)
+
+
+@dataclass(frozen=True)
+class AccessQuestion:
+    """Exactly what one SubjectAccessReview asks - the user (name, groups, uid, extra), the verb,
+    and the resource attributes or the non-resource path - and so the key its answer is cached
+    under: two requests share an answer only if they ask the same question. A resource
+    request's path is not part of it (`//apis/...` asks what `/apis/...` asks)."""
+
+    user: UserInfo  # name, groups, uid, extra: all of it
+    verb: str
+    resource: ResourceAttributes | None
+    path: str  # a non-resource request's, normalized; "" for a resource request
+
+    @staticmethod
+    def of(user: UserInfo, attrs: RequestAttributes) -> AccessQuestion:
+        path = "" if attrs.resource is not None else normalized_path(attrs.path)
+        return AccessQuestion(user, attrs.verb, attrs.resource, path)
+
+    def spec(self) -> client.V1SubjectAccessReviewSpec:
+        u = self.user
+        spec = client.V1SubjectAccessReviewSpec(user=u.name, groups=list(u.groups), uid=u.uid or None,
+                                                extra=u.extra_dict() or None)
+        r = self.resource
+        if r is None:
+            spec.non_resource_attributes = client.V1NonResourceAttributes(path=self.path, verb=self.verb)
+        else:
+            spec.resource_attributes = client.V1ResourceAttributes(
+                group=r.group, version=r.version, resource=r.resource, namespace=r.namespace or None,
+                name=r.name or None, subresource=r.subresource or None, verb=self.verb)
+        return spec
+
+
 class AccessReviewer:
     """Whether a user may do what a request asks, by SubjectAccessReview (authorization.k8s.io/v1)."""
 
-    def __init__(self, api: client.AuthorizationV1Api, cache: TtlCache[tuple, Verdict], pool: ReviewPool) -> None:
+    def __init__(self, api: client.AuthorizationV1Api, cache: TtlCache[AccessQuestion, Verdict],
+                 pool: ReviewPool) -> None:
         self.api = api
         self.cache = cache
         self.pool = pool
 
     async def review(self, user: UserInfo, attrs: RequestAttributes) -> Verdict:
-        return await self.cache.get((user, attrs), lambda: self._ask(user, attrs))
+        question = AccessQuestion.of(user, attrs)
+        return await self.cache.get(question, lambda: self._ask(question))
 
-    async def _ask(self, user: UserInfo, attrs: RequestAttributes) -> Verdict:
+    async def _ask(self, question: AccessQuestion) -> Verdict:
         body = client.V1SubjectAccessReview(api_version="authorization.k8s.io/v1", kind="SubjectAccessReview",
-                                            spec=_spec(user, attrs))
+                                            spec=question.spec())
         answer = await self.pool.call(self.api.create_subject_access_review, body)
         status = answer.status
         if status is None:
             raise ReviewError("SubjectAccessReview answered without a status")
         return Verdict(bool(status.allowed) and not bool(status.denied), status.reason or "")
-
-
-def _spec(user: UserInfo, attrs: RequestAttributes) -> client.V1SubjectAccessReviewSpec:
-    spec = client.V1SubjectAccessReviewSpec(user=user.name, groups=list(user.groups), uid=user.uid or None,
-                                            extra=user.extra_dict() or None)
-    r = attrs.resource
-    if r is None:
-        spec.non_resource_attributes = client.V1NonResourceAttributes(path=attrs.path, verb=attrs.verb)
-    else:
-        spec.resource_attributes = client.V1ResourceAttributes(
-            group=r.group, version=r.version, resource=r.resource, namespace=r.namespace or None,
-            name=r.name or None, subresource=r.subresource or None, verb=attrs.verb)
-    return spec
