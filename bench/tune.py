@@ -62,12 +62,13 @@ def goal_speed(trials: int, folder: Path) -> None:
 def _workers(n: int, trials: int, folder: Path) -> float:
     from simulations.tuning.parts import TraceSpec
     from simulations.tuning.setup import StudySetup
+    from simulations.tuning.space import space_for
     from simulations.tuning.study import create_study, open_storage
 
     url = f"sqlite:///{folder / f'workers{n}.db'}"
     setup = StudySetup(policy="hybrid", traces=(TraceSpec(source=str(CONV), rate_scale=10, duration_s=1800),),
                        trials=trials, holdout=0.0)
-    create_study(open_storage(url), "bench", setup)
+    create_study(open_storage(url), "bench", setup, space_for("hybrid", {}, setup.max_replicas))
     start = time.monotonic()
     procs = [subprocess.Popen([sys.executable, "-m", "qscale.cli", "tune", "--worker", "--storage", url,
                                "--study", "bench"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -93,6 +93,7 @@ class RequestStats:
     dropped: int = 0
     rejected: int = 0
     slo_met: int = 0
+    slo_missed: int = 0  # first token later than the SLO
     window_ttfts: list[float] = field(default_factory=list)  # since the last timeline row
 
     def first_token(self, req: Request) -> None:
@@ -102,6 +103,8 @@ class RequestStats:
         self.window_ttfts.append(ttft)
         if ttft <= self.slo_ttft_s:
             self.slo_met += 1
+        else:
+            self.slo_missed += 1
         queue = req.queue_s
         if queue is not None:
             self.queue.add(queue)

@@ -32,16 +32,17 @@ Progress = Callable[[float], None]  # called with simulated seconds done
 
 @dataclass(frozen=True)
 class Partial:
-    """A run so far, as a checkpoint sees it (for stopping hopeless runs early). Requests
-    still waiting for their first token count as misses: a backlog is not yet a success."""
+    """A run so far, as a checkpoint sees it (for stopping hopeless runs early)."""
 
     t: float
     servable: int  # arrived and not rejected
     slo_met: int
+    missed: int  # certain misses: a first token later than the SLO, or dropped
     gpu_hours: float
 
     @property
     def attainment(self) -> float:
+        """Requests still waiting for their first token count as misses here."""
         return self.slo_met / self.servable if self.servable else 1.0
 
 
@@ -187,7 +188,8 @@ class _Ticker:
         assert self.checkpoints is not None
         self._next_checkpoint += self.checkpoints.every_s
         s = self.stats
-        self.checkpoints.call(Partial(now, s.arrived - s.rejected, s.slo_met, self.fleet.gpu_seconds() / 3600.0))
+        self.checkpoints.call(Partial(now, s.arrived - s.rejected, s.slo_met, s.slo_missed + s.dropped,
+                                      self.fleet.gpu_seconds() / 3600.0))
 
     def _row(self, now: float, desired: int) -> None:
         ready, starting, draining = self.fleet.counts()

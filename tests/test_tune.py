@@ -23,18 +23,11 @@ from policies.tunable import Tunable, search_space
 from server.procs import spawn, stop_tree
 from simulations.compare import Workbench
 from simulations.tuning import session
+from simulations.tuning.attrs import ATTAINMENT, INTERRUPTED, OVER_BUDGET, RETRY_OF, WORKER
 from simulations.tuning.parts import TraceSpec, split
 from simulations.tuning.setup import StudySetup
 from simulations.tuning.space import neighbours, space_for
-from simulations.tuning.study import (
-    ATTAINMENT,
-    INTERRUPTED,
-    OVER_BUDGET,
-    RETRY_OF,
-    WORKER,
-    choose,
-    open_storage,
-)
+from simulations.tuning.study import choose, open_storage
 from tests.postgres import postgres
 from tests.servers import ROOT, qscale_process
 
@@ -133,11 +126,13 @@ def test_when_none_meets_the_target_the_highest_attainment_is_kept_and_flagged()
     assert choose([], 0.99) == (None, False)
 
 
-def test_tuning_finds_the_smallest_fleet_that_meets_the_target(tmp_path):
+@pytest.mark.parametrize("slo_target", [0.99, 0.995])
+def test_tuning_finds_the_smallest_fleet_that_meets_the_target(tmp_path, slo_target):
     """The expected count comes from running every count (1-7) on the tuning part through the
     simulator's workbench, not from the tuner; cheaper counts that miss must exist, so the
-    constraint is what decides."""
-    setup = _setup()
+    constraint is what decides, and the pruner must not stop the dearer trials that meet it
+    (at 0.995 the answer sits above counts that look better early)."""
+    setup = _setup(slo_target=slo_target)
     tune_spec, _ = split(setup.traces[0], setup.holdout)
     bench = Workbench(lambda: tune_spec.traffic(), setup.sim_config(), setup.max_replicas)
     bench.warm_start_from_static_best(setup.slo_target)  # the warm start every compared run gets
@@ -156,16 +151,67 @@ def test_tuning_finds_the_smallest_fleet_that_meets_the_target(tmp_path):
     text = out.read_text()
     assert "held-out part" in text and "static-best" in text and "oracle" in text and "sensitivity" in text
     assert (tmp_path / "p.png").stat().st_size > 10_000
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert study.trials[0].params == {"replicas": 7}  # the policy's default runs first
+
+
+def test_the_held_out_part_is_unseen_and_inside_the_slice(tmp_path):
+    """Arrivals every second from 0 to 99 s; the slice [10, 60) s; 30 % held out."""
+    trace = tmp_path / "t.csv"
+    trace.write_text("timestamp_s,input_tokens,output_tokens\n" + "".join(f"{t},100,10\n" for t in range(100)))
+    spec = TraceSpec(source=str(trace), start_s=10, duration_s=50)
+    tune, held = split(spec, 0.3)
+
+    def seconds(part):
+        return [round(float(a) + part.start_s) for c in part.traffic() for a in c.arrival]
+
+    # span 49 s (10..59), cut at 34.3 s: tuning 10..44, held-out 45..59; nothing from 60 on.
+    assert seconds(tune) == list(range(10, 45)) and seconds(held) == list(range(45, 60))
+    assert split(spec, 0.0) == (spec, None)
+
+
+def test_the_budget_counts_retries_once_and_a_queued_retry_runs(tmp_path):
+    """A trial interrupted mid-run (FAIL, parameters queued again) leaves the study short by
+    one; the next run picks the queued retry up and the study reaches its budget."""
+    from simulations.tuning.study import counted, create_study
+    from simulations.tuning.trials import run_trials
+
+    setup = _setup(trials=3)
+    space = space_for(FixedFleet.name, {}, 20)
+    study = create_study(open_storage(f"sqlite:///{tmp_path / 'study.db'}"), "s", setup, space)
+    evaluator = session.Evaluator(session.tuning_parts(setup), FixedFleet.name, {}, setup.slo_target)
+    run_trials(study, evaluator, space, budget=2)
+    stopped = study.ask()
+    stopped.set_user_attr(INTERRUPTED, True)
+    study.tell(stopped, state=TrialState.FAIL)
+    study.enqueue_trial({"replicas": 5}, user_attrs={RETRY_OF: stopped.number})
+    assert counted(study) == 2  # two finished; the interrupted one and its queued retry: not yet
+    assert run_trials(study, evaluator, space, budget=3) == 1 and counted(study) == 3
+    (retry,) = [t for t in study.trials if t.user_attrs.get(RETRY_OF) == stopped.number]
+    assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED) and retry.params == {"replicas": 5}
+
+
+def test_the_config_limits_follow_fixed_values(tmp_path):
+    from simulations.tuning.outputs import config_text
+
+    text = config_text(_setup(policy="hybrid", fixed={"min_replicas": 3, "max_replicas": 40}),
+                       {"target_utilization": 0.8}, [])
+    import yaml
+
+    (target,) = yaml.safe_load(text)["targets"]
+    assert target["limits"] == {"min_replicas": 3, "max_replicas": 40}
+    assert target["params"] == {"max_replicas": 40, "min_replicas": 3, "target_utilization": 0.8}
 
 
 def test_another_setup_under_the_same_study_name_is_refused(tmp_path):
     storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}")
     from simulations.tuning.study import create_study
 
-    create_study(storage, "s", _setup())
-    create_study(storage, "s", _setup(trials=40))  # a larger budget continues the same search
+    space = space_for(FixedFleet.name, {}, 20)
+    create_study(storage, "s", _setup(), space)
+    create_study(storage, "s", _setup(trials=40), space)  # a larger budget continues the same search
     with pytest.raises(UserError, match="another setup"):
-        create_study(storage, "s", _setup(slo_target=0.95))
+        create_study(storage, "s", _setup(slo_target=0.95), space)
 
 
 # --- the command: errors, Ctrl-C ----------------------------------------------------------
@@ -187,8 +233,10 @@ def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     (["--trace", TRACE, "--policy", "hybrid", "--out", "x.txt"], "expected a .yaml or .yml path"),
     (["--trace", TRACE, "--policy", "hybrid", "--out", "x.yaml", "--holdout", "1"], "--holdout"),
     (["--trace", TRACE, "--policy", "hybrid", "--out", "x.yaml", "--set", "hybrid.nope=1"], "nope"),
-    (["--trace", TRACE, "--policy", "hybrid", "--out", "x.yaml", "--storage", "postgresql://u@127.0.0.1:1/db"],
-     "--storage"),
+    (["--trace", TRACE, "--policy", "hybrid", "--out", "x.yaml", "--cold-start", "60", "--storage",
+      "postgresql://u@127.0.0.1:1/db"], "--storage"),
+    (["--trace", TRACE, "--policy", "hybrid", "--out", "x.yaml", "--holdout", "0.9"], "shorter than the warm-up"),
+    (["--worker", "--storage", "sqlite:///x.db", "--study", "s", "--slo-target", "0.9"], "drop --slo-target"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     args = [str(tmp_path / a) if a in ("x.yaml", "x.txt") else a for a in args]
@@ -242,7 +290,7 @@ def test_two_workers_share_one_study_in_postgres(tmp_path):
     trials = 12
     with postgres() as url:
         main = [sys.executable, "-m", "qscale.cli", "tune", "--trace", TRACE, "--policy", "hybrid",
-                "--cold-start", "60", "--trials", str(trials), "--holdout", "0.2", "--storage", url,
+                "--cold-start", "60", "--trials", str(trials), "--holdout", "0.3", "--storage", url,
                 "--study", "shared", "--out", str(tmp_path / "tuned.yaml")]
         worker = [sys.executable, "-m", "qscale.cli", "tune", "--worker", "--storage", url, "--study", "shared"]
         procs = [spawn(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True) for cmd in (main, worker)]

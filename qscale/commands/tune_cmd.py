@@ -71,8 +71,28 @@ def run(args: argparse.Namespace, settings) -> int:
     _check_outputs(args)
     plot = args.plot or args.out.with_suffix(".pareto.png")
     storage = args.storage or f"sqlite:///{args.out.with_suffix('.study.db')}"
-    name = args.study or f"{setup.policy}-{setup.traces[0].label}"
+    name = args.study or default_study_name(setup)
     return session.tune(setup, storage, name, args.out, plot, args.timeout, _say)
+
+
+def default_study_name(setup) -> str:
+    """POLICY-TRACE-HASH: the hash of the setup, so rerunning with other options starts a new
+    study in the same file instead of being refused."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps(setup.model_dump(mode="json", exclude={"trials"}), sort_keys=True).encode())
+    return f"{setup.policy}-{setup.traces[0].label}-{digest.hexdigest()[:8]}"
+
+
+# Flags that shape the search: a worker takes them from the study, so giving one is a mistake.
+SETUP_FLAGS = {"--trace": "trace", "--policy": "policy", "--out": "out", "--plot": "plot", "--set": "set",
+               "--columns": "columns"}
+SETUP_DEFAULTS = {"--trials": ("trials", 50), "--holdout": ("holdout", 0.3), "--slo-ttft": ("slo_ttft", None),
+                  "--slo-target": ("slo_target", 0.99), "--profile": ("profile", "llama3-8b-h100"),
+                  "--cold-start": ("cold_start", None), "--rate-scale": ("rate_scale", 1.0),
+                  "--start": ("start", 0.0), "--duration": ("duration", None),
+                  "--max-replicas": ("max_replicas", 100), "--seed": ("seed", 0)}
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -80,8 +100,8 @@ def _worker(args: argparse.Namespace) -> int:
 
     if args.storage is None or args.study is None:
         raise UserError("--worker needs --storage and --study (the study to join)")
-    ignored = [flag for flag, value in (("--trace", args.trace), ("--policy", args.policy), ("--out", args.out))
-               if value]
+    ignored = [flag for flag, attr in SETUP_FLAGS.items() if getattr(args, attr)]
+    ignored += [flag for flag, (attr, default) in SETUP_DEFAULTS.items() if getattr(args, attr) != default]
     if ignored:
         raise UserError(f"--worker takes its setup from the study: drop {', '.join(ignored)}")
     worker = f"{socket.gethostname()}-{os.getpid()}"

@@ -2,11 +2,13 @@
 
 The search minimizes GPU-hours, each part's as a multiple of its `bound` (so a long or busy
 trace does not outweigh the others), subject to the lowest SLO attainment over the parts
-being at or above the target. Runs are checkpointed `CHECKPOINTS` times per part: at each
-checkpoint the run so far is scored for the pruner (GPU-hours so far plus a penalty per
-point of SLO shortfall, large enough that a shortfall outweighs any saving), which stops trials that are already worse than most at that point.
-The penalty only decides which trials are worth finishing; which finished trial is best is
-decided by the constraint itself (`study.choose`), never by trading SLO for GPU-hours.
+being at or above the target. Runs are checkpointed `CHECKPOINTS` times per part; at each
+checkpoint the run so far is reported to the pruner (`study.SafePruner`) as two facts that
+only grow with time, so stopping on them never discards a possible winner:
+* the objective's lower bound so far (GPU-hours already spent, as multiples of the bounds,
+  averaged over all parts): once it reaches the best feasible trial's, this one cannot win;
+* whether the part can still meet the target: once more requests have certainly missed the
+  SLO (first token too late, or dropped) than the target allows, it cannot.
 """
 
 from __future__ import annotations
@@ -19,12 +21,19 @@ from simulations.runner import Checkpoints, Partial, SimResult
 from simulations.tuning.parts import Part
 
 CHECKPOINTS = 4  # per part: the fidelities a trial can be stopped at
-# Pruning score per unit of attainment below target: 1 point short costs 10x bound, more than
-# any cost difference between sensible configurations, so for the pruner (as for the choice)
-# meeting the SLO comes first and cost second.
-SHORTFALL_PENALTY = 1000.0
 
-Report = Callable[[int, float, float], None]  # (step, score so far, attainment so far); raises to stop
+
+@dataclass(frozen=True)
+class SoFar:
+    """A trial at a checkpoint."""
+
+    step: int
+    cost_floor: float  # the objective (mean x bound) can end no lower than this
+    attainment: float  # lowest over the parts so far (waiting requests counted as misses)
+    cannot_meet: bool  # a part has certainly missed more requests than the target allows
+
+
+Report = Callable[[SoFar], None]  # raises to stop the trial
 Progress = Callable[[float], None]  # simulated seconds done over all parts
 
 
@@ -70,16 +79,15 @@ class Evaluator:
     def _checkpoints(self, index: int, part: Part, done: list[SimResult], report: Report) -> Checkpoints:
         ratio_done = sum(r.gpu_hours / p.bound_gpu_hours for r, p in zip(done, self.parts, strict=False))
         lowest = min((r.served_slo_attainment for r in done), default=1.0)
+        allowed_misses = (1.0 - self.slo_target) * part.servable
         step = [index * CHECKPOINTS]
 
         def call(partial: Partial) -> None:
             step[0] += 1
             if step[0] > (index + 1) * CHECKPOINTS:
                 return  # the drain after the last arrival: no new fidelity
-            attainment = min(lowest, partial.attainment)
-            shortfall = max(0.0, self.slo_target - attainment)
-            score = ratio_done + partial.gpu_hours / part.bound_gpu_hours + SHORTFALL_PENALTY * shortfall
-            report(step[0], score, attainment)
+            floor = (ratio_done + partial.gpu_hours / part.bound_gpu_hours) / len(self.parts)
+            report(SoFar(step[0], floor, min(lowest, partial.attainment), partial.missed > allowed_misses))
 
         return Checkpoints(part.duration_s / CHECKPOINTS, call)
 

@@ -9,17 +9,18 @@ import yaml
 from optuna.trial import FrozenTrial
 
 from policies.errors import UserError
+from simulations.tuning.attrs import ATTAINMENT, GPU_HOURS
 from simulations.tuning.report import PartReport
 from simulations.tuning.setup import StudySetup
-from simulations.tuning.study import ATTAINMENT, GPU_HOURS
 
 
 def config_text(setup: StudySetup, params: dict[str, Any], header: list[str], target_name: str = "llm") -> str:
     """A `qscale run` config with one target running the chosen parameters. The backend is
     local (emulated) so it runs as written; for a cluster set `backend: kubernetes` and add
     `kubernetes: {deployment: ...}` (README)."""
-    max_replicas = int(params.get("max_replicas", setup.max_replicas))
-    min_replicas = int(params.get("min_replicas", 0))
+    chosen = {**setup.fixed, **params}
+    max_replicas = int(chosen.get("max_replicas", setup.max_replicas))
+    min_replicas = int(chosen.get("min_replicas", 0))
     config = {"targets": [{
         "name": target_name,
         "backend": "local",
@@ -36,7 +37,8 @@ def report_lines(reports: list[PartReport], slo_target: float) -> list[str]:
     lines = []
     for rep in reports:
         where = "held-out part" if rep.held_out else "tuning part (nothing held out)"
-        lines.append(f"{rep.label}, {where} (static-best: {rep.static_best_replicas} replicas):")
+        lines.append(f"{rep.label}, {where} (static-best: {rep.static_best_replicas} replicas; tuned and "
+                     f"defaults start with {rep.warm_replicas}, the tuning part's static-best):")
         lines.append(f"  {'':<12} {'SLO att.':>9} {'GPU-h':>8} {'x oracle':>9} {'x static':>9}")
         for r in rep.rows:
             mark = "" if r.attainment >= slo_target else "  below target"

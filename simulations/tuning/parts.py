@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from policies.errors import UserError
 from simulations.compare import Workbench
 from simulations.runner import SimConfig
 from simulations.traffic import load_traffic
@@ -48,15 +49,26 @@ def span_s(spec: TraceSpec) -> float:
 
 def split(spec: TraceSpec, holdout: float) -> tuple[TraceSpec, TraceSpec | None]:
     """(tuning part, held-out part): the held-out part is the last `holdout` share of the
-    slice's time, so the tuning never sees what it is judged on. No held-out part at 0."""
+    slice's time, so the tuning never sees what it is judged on. The two are disjoint
+    ([start, cut) and [cut, end)) and stay inside the slice. No held-out part at 0."""
     if holdout <= 0:
         return spec, None
-    span = span_s(spec)
-    cut = span * (1.0 - holdout)
-    tune = spec.model_copy(update={"duration_s": max(cut, 1.0)})
-    # +1 s: the last arrival itself belongs to the held-out part.
-    held = spec.model_copy(update={"start_s": spec.start_s + cut, "duration_s": span - cut + 1.0})
+    cut = span_s(spec) * (1.0 - holdout)
+    tune = spec.model_copy(update={"duration_s": cut})
+    rest = None if spec.duration_s is None else spec.duration_s - cut  # None: to the trace's end
+    held = spec.model_copy(update={"start_s": spec.start_s + cut, "duration_s": rest})
     return tune, held
+
+
+def check_long_enough(spec: TraceSpec, holdout: float, needed_s: float) -> None:
+    """Both parts must outlast the warm-up and a cold start, or every policy just holds its
+    warm fleet there and the comparison says nothing: a one-line error naming the fix."""
+    span = span_s(spec)
+    parts = {"tuning": span * (1.0 - holdout), "held-out": span * holdout} if holdout > 0 else {"tuning": span}
+    for name, seconds in parts.items():
+        if seconds < needed_s:
+            raise UserError(f"{spec.label}: the {name} part is {seconds:.0f} s, shorter than the warm-up plus a "
+                            f"cold start ({needed_s:.0f} s); use a longer trace or --duration, or another --holdout")
 
 
 @dataclass
@@ -67,6 +79,12 @@ class Part:
     spec: TraceSpec
     bench: Workbench
     duration_s: float
+
+    @property
+    def servable(self) -> int:
+        """Requests the profile can serve at all (what attainment is counted over)."""
+        t = self.bench.work.totals
+        return t.requests - t.rejected
 
     @property
     def bound_gpu_hours(self) -> float:

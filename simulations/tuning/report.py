@@ -36,25 +36,32 @@ class PartReport:
     held_out: bool  # False: no held-out part, the tuning part itself
     rows: tuple[Row, ...]
     static_best_replicas: int
+    warm_replicas: int  # what tuned and defaults started with
 
     def row(self, label: str) -> Row:
         return next(r for r in self.rows if r.label == label)
 
 
 def held_out_report(parts: list[Part], policy: str, fixed: dict[str, Any], tuned: dict[str, Any],
-                    slo_target: float, held_out: bool) -> list[PartReport]:
-    """Per part: tuned, defaults (with the user's fixed values), static-best and oracle."""
+                    slo_target: float, held_out: bool, warm: list[int] | None = None) -> list[PartReport]:
+    """Per part: tuned, defaults (with the user's fixed values), static-best and oracle.
+    `warm`: the fleet tuned and defaults start with on each part (the tuning part's
+    static-best: sizing it on the held-out part would be looking at it); static-best and
+    oracle start as always (their own first need)."""
     reports = []
-    for part in parts:
+    for i, part in enumerate(parts):
         bench = part.bench
         refs = bench.references(slo_target, OracleSearch())
+        if warm is not None:
+            bench.cfg = bench.cfg.model_copy(update={"initial_replicas": warm[i]})
         rows = []
         for label, params in ((TUNED, {**fixed, **tuned}), (DEFAULTS, fixed)):
             result = bench.run(bench.create(policy, params), label, record=False)
             refs.annotate(result)
             rows.append(Row.of(label, result))
         rows += [Row.of("static-best", refs.static_best), Row.of("oracle", refs.oracle)]
-        reports.append(PartReport(part.label, held_out, tuple(rows), refs.static_best_replicas))
+        reports.append(PartReport(part.label, held_out, tuple(rows), refs.static_best_replicas,
+                                  bench.cfg.initial_replicas))
     return reports
 
 

@@ -18,7 +18,7 @@ def space_for(policy: str, fixed: dict[str, Any], ceiling: int) -> dict[str, Tun
     if "min_replicas" in space and not space["min_replicas"].categorical:
         t = space["min_replicas"]
         assert t.low is not None and t.high is not None
-        high = min(t.high, ceiling - 1)
+        high = min(t.high, min(int(fixed.get("max_replicas", ceiling)), ceiling) - 1)
         if high > t.low:
             space["min_replicas"] = replace(t, high=high)
         else:

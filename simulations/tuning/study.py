@@ -1,44 +1,38 @@
-"""The constrained search on an Optuna study, shared by any number of workers.
+"""The constrained search's study: its storage, creating and joining it, and the choice.
 
 Objective: the mean GPU-hours as a multiple of each part's bound (minimized). Constraint:
 the lowest SLO attainment over the parts at or above the target, given to TPE as
-`target - attainment <= 0` (`Trial.set_constraint`: Optuna's constrained TPE), and applied again when choosing:
-the best trial is the cheapest feasible one; when none is feasible, the one with the
-highest attainment (and the report says so). Hopeless trials stop early
-(`SuccessiveHalvingPruner` on the checkpoint scores, see `objective`).
+`target - attainment <= 0` (`Trial.set_constraint`: Optuna's constrained TPE), and applied
+again when choosing: the best trial is the cheapest feasible one; when none is feasible,
+the one with the highest attainment (and the report says so). A new study's first trial is
+the policy's defaults (with the user's fixed values), so the choice is never worse than them
+on the tuning data.
 
-Workers share one study through its storage: a SQLite file on one machine, PostgreSQL
-(or any Optuna RDB URL) across machines. Trial numbers are given out by the storage, so
-no two workers run the same trial; the budget is the study's total (`setup.trials`): a
-trial opened when the budget is already taken is not run (told FAIL as over budget). An
-interrupted trial is told FAIL and its parameters are queued again, so none is lost.
+Workers share one study through its storage: a SQLite file on one machine, PostgreSQL (or
+any Optuna RDB URL) across machines. Running trials send heartbeats; a trial whose worker
+died (no heartbeat for `GRACE_S`) is failed by the next worker to look, and its parameters
+are queued again (`trials`), so none is lost.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+import warnings
+from collections.abc import Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from policies import registry
 from policies.errors import UserError
-from policies.registry import PolicyConfigError
-from simulations.tuning.objective import Evaluation, Evaluator
+from simulations.tuning.attrs import ATTAINMENT, OVER_BUDGET, RETRY_OF
+from simulations.tuning.pruning import SafePruner
 from simulations.tuning.setup import SETUP_ATTR, StudySetup
-from simulations.tuning.space import suggest
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-ATTAINMENT, GPU_HOURS, PER_PART, CONSTRAINT = "attainment", "gpu_hours", "per_part", "slo_shortfall"
-OVER_BUDGET, ERROR, WORKER, PARAMS = "over_budget", "error", "worker", "params"
-INTERRUPTED, RETRY_OF = "interrupted", "retry_of"
+HEARTBEAT_S, GRACE_S = 10, 60  # a RUNNING trial silent this long has lost its worker
 
 
 def storage_url(url: str) -> str:
@@ -49,14 +43,18 @@ def storage_url(url: str) -> str:
 
 
 def open_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
-    """The study's storage (its tables created on first use). Two workers creating the
-    tables at once collide (a unique violation in PostgreSQL's catalog): the loser retries
-    and finds them made."""
+    """The study's storage (its tables created on first use), with heartbeats. Two workers
+    creating the tables at once collide (a unique violation in PostgreSQL's catalog): the
+    loser retries and finds them made."""
     from sqlalchemy.exc import IntegrityError, ProgrammingError
 
     for attempt in range(attempts):
         try:
-            return optuna.storages.RDBStorage(storage_url(url))
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna; qscale relies on them
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(storage_url(url), heartbeat_interval=HEARTBEAT_S,
+                                                  grace_period=GRACE_S,
+                                                  heartbeat_stale_trial_callback=retry_failed)
         except (IntegrityError, ProgrammingError):
             if attempt == attempts - 1:
                 raise
@@ -66,6 +64,12 @@ def open_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
     raise AssertionError("unreachable")
 
 
+def retry_failed(study: optuna.Study, trial: FrozenTrial) -> None:
+    """A trial that did not finish (its worker was interrupted or died): queue its parameters
+    again for whichever worker asks next."""
+    study.enqueue_trial(dict(trial.params), user_attrs={RETRY_OF: trial.number}, skip_if_exists=False)
+
+
 def sampler(seed: int, trials: int, worker: str = "main") -> optuna.samplers.TPESampler:
     # Each worker its own stream (same seed, same worker: the same trials); constant_liar keeps
     # concurrent workers from proposing the same point.
@@ -73,25 +77,36 @@ def sampler(seed: int, trials: int, worker: str = "main") -> optuna.samplers.TPE
     return optuna.samplers.TPESampler(seed=stream, constant_liar=True, n_startup_trials=max(4, min(10, trials // 5)))
 
 
-def pruner() -> optuna.pruners.BasePruner:
-    return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+def new_study(storage: optuna.storages.BaseStorage | None, name: str | None, seed: int, trials: int,
+              slo_target: float, worker: str = "main", load_if_exists: bool = False) -> optuna.Study:
+    return optuna.create_study(storage=storage, study_name=name, direction="minimize",
+                               sampler=sampler(seed, trials, worker), pruner=SafePruner(slo_target),
+                               load_if_exists=load_if_exists)
 
 
-def create_study(storage: optuna.storages.BaseStorage, name: str, setup: StudySetup,
+def create_study(storage: optuna.storages.BaseStorage, name: str, setup: StudySetup, space: dict,
                  worker: str = "main") -> optuna.Study:
-    """Create the study, or continue one made with the same setup (a larger `trials` raises
-    the budget); another setup under the same name is a one-line error."""
-    study = optuna.create_study(storage=storage, study_name=name, direction="minimize",
-                                sampler=sampler(setup.seed, setup.trials, worker), pruner=pruner(), load_if_exists=True)
+    """Create the study (its first trial the defaults), or continue one made with the same
+    setup (a larger `trials` raises the budget); another setup under the same name is a
+    one-line error."""
+    study = new_study(storage, name, setup.seed, setup.trials, setup.slo_target, worker, load_if_exists=True)
     stored = study.user_attrs.get(SETUP_ATTR)
     if stored is None:
         study.set_user_attr(SETUP_ATTR, setup.model_dump(mode="json"))
+        enqueue_defaults(study, setup.policy, space)
         return study
     if not StudySetup.model_validate(stored).same_search(setup):
         raise UserError(f"study {name!r} in this storage was made with another setup (policy, traces or "
                         f"options); pick another --study name or the same options")
     study.set_user_attr(SETUP_ATTR, setup.model_dump(mode="json"))
     return study
+
+
+def enqueue_defaults(study: optuna.Study, policy: str, space: dict) -> None:
+    """The policy's own defaults for every searched parameter, as the first trial."""
+    fields = registry.get(policy).Params.model_fields
+    defaults = {name: fields[name].default for name in space}
+    study.enqueue_trial({k: t.clip(defaults[k]) if not t.categorical else defaults[k] for k, t in space.items()})
 
 
 def join_study(storage: optuna.storages.BaseStorage, name: str, worker: str,
@@ -112,124 +127,30 @@ def join_study(storage: optuna.storages.BaseStorage, name: str, worker: str,
         time.sleep(1.0)
     setup = StudySetup.model_validate(stored)
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler(setup.seed, setup.trials, worker),
-                             pruner=pruner()), setup
+                             pruner=SafePruner(setup.slo_target)), setup
 
 
-@dataclass(frozen=True)
-class TrialOutcome:
-    number: int
-    state: TrialState
-    params: dict[str, Any]
-    evaluation: Evaluation | None
-    pruned_at: int | None = None
-    error: str | None = None
-
-
-OnTrial = Callable[[TrialOutcome], None]
-MakeProgress = Callable[[int], Callable[[float], None] | None]
-
-
-def run_trials(study: optuna.Study, evaluator: Evaluator, space: dict, budget: int, worker: str = "main",
-               timeout_s: float | None = None, on_trial: OnTrial | None = None,
-               progress: MakeProgress | None = None) -> int:
-    """Run trials until the study holds `budget` of them or `timeout_s` passes; returns how
-    many this call ran. Ctrl-C (or SIGTERM, see `session`) fails the running trial, queues
-    its parameters again for whichever worker asks next (no point is lost), and is raised on."""
-    deadline = time.monotonic() + timeout_s if timeout_s else None
-    ran = 0
-    while (deadline is None or time.monotonic() < deadline) and _counted(study) < budget:
-        held: list[int] = []
-        with _signals_held(held):  # a trial is never left RUNNING between ask and the try below
-            trial = study.ask()
-            over = _counted(study, before=trial.number) >= budget  # another worker took the last one
-            if over:
-                trial.set_user_attr(OVER_BUDGET, True)
-                study.tell(trial, state=TrialState.FAIL)
-            else:
-                trial.set_user_attr(WORKER, worker)
-        if over:
-            if held:
-                raise KeyboardInterrupt
-            break
-        try:
-            if held:
-                raise KeyboardInterrupt
-            outcome = _one_trial(study, trial, evaluator, space, progress)
-        except BaseException:
-            _give_back(study, trial)
-            raise
-        ran += 1
-        if on_trial is not None:
-            on_trial(outcome)
-    return ran
-
-
-@contextlib.contextmanager
-def _signals_held(held: list[int]) -> Iterator[None]:
-    """Hold SIGINT and SIGTERM where an interruption would orphan a trial: one that comes
-    meanwhile is appended to `held`, for the caller to act on where it can."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {sig: signal.signal(sig, lambda signum, frame: held.append(signum))
-           for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-
-
-def _give_back(study: optuna.Study, trial: optuna.Trial) -> None:
-    """An interrupted trial: FAIL, not counted, and its parameters queued again."""
-    with _signals_held([]):
-        trial.set_user_attr(INTERRUPTED, True)
-        study.tell(trial, state=TrialState.FAIL)
-        study.enqueue_trial(dict(trial.params), user_attrs={RETRY_OF: trial.number})
-
-
-def _one_trial(study: optuna.Study, trial: optuna.Trial, evaluator: Evaluator, space: dict,
-               progress: MakeProgress | None) -> TrialOutcome:
-    params = suggest(trial, space)
-    last_step = [0]
-
-    def report(step: int, score: float, attainment: float) -> None:
-        last_step[0] = step
-        trial.report(score, step)
-        if trial.should_prune():
-            # The constraint so far: what constrained TPE learns from a trial stopped here
-            # (a trial's constraint is set once).
-            trial.set_constraint(CONSTRAINT, evaluator.slo_target - attainment)
-            raise optuna.TrialPruned()
-
-    try:
-        evaluation = evaluator.evaluate(params, report, progress(trial.number) if progress else None)
-    except optuna.TrialPruned:
-        study.tell(trial, state=TrialState.PRUNED)
-        return TrialOutcome(trial.number, TrialState.PRUNED, params, None, last_step[0])
-    except PolicyConfigError as exc:  # a combination the policy refuses: not a result
-        trial.set_user_attr(ERROR, str(exc))
-        study.tell(trial, state=TrialState.FAIL)
-        return TrialOutcome(trial.number, TrialState.FAIL, params, None, error=str(exc))
-    trial.set_user_attr(PARAMS, params)  # as run (rounded; `trial.params` holds what was drawn)
-    _record(trial, evaluation, evaluator.slo_target)
-    study.tell(trial, evaluation.x_bound)
-    return TrialOutcome(trial.number, TrialState.COMPLETE, params, evaluation)
-
-
-def _record(trial: optuna.Trial, ev: Evaluation, slo_target: float) -> None:
-    trial.set_user_attr(ATTAINMENT, ev.attainment)
-    trial.set_user_attr(GPU_HOURS, ev.gpu_hours)
-    trial.set_user_attr(PER_PART, [list(p) for p in ev.per_part])
-    trial.set_constraint(CONSTRAINT, slo_target - ev.attainment)
-
-
-def _counted(study: optuna.Study, before: int | None = None) -> int:
+def counted(study: optuna.Study, before: int | None = None) -> int:
     """Trials that use the budget (numbered below `before`): all but those opened past the
-    budget and those interrupted (their parameters were queued again)."""
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if (before is None or t.number < before)
-               and not t.user_attrs.get(OVER_BUDGET) and not t.user_attrs.get(INTERRUPTED))
+    budget, those waiting to run, and those whose parameters were queued again (the retry
+    counts instead)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs[RETRY_OF] for t in trials if RETRY_OF in t.user_attrs}
+    return sum(1 for t in trials
+               if (before is None or t.number < before) and t.state is not TrialState.WAITING
+               and not t.user_attrs.get(OVER_BUDGET) and t.number not in retried)
+
+
+def wait_for_running(study: optuna.Study, say: Callable[[str], None], poll_s: float = 2.0) -> None:
+    """Until no trial runs (other workers' included): a dead worker's trial is failed after
+    `GRACE_S` without a heartbeat, and then no longer waited for."""
+    said = False
+    while running := study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not said:
+            say(f"waiting for {len(running)} trial(s) still running on other workers")
+            said = True
+        optuna.storages.fail_stale_trials(study)
+        time.sleep(poll_s)
 
 
 def finished(study: optuna.Study) -> list[FrozenTrial]:
@@ -244,3 +165,4 @@ def choose(trials: list[FrozenTrial], slo_target: float) -> tuple[FrozenTrial | 
     if not trials:
         return None, False
     return max(trials, key=lambda t: (t.user_attrs[ATTAINMENT], -t.number)), False
+
