@@ -122,14 +122,18 @@ class AutoscalerService:
 
     async def _healthz(self, request: web.Request) -> web.Response:
         """Unhealthy (503) when a target's loop has not completed a tick for `unhealthy_after_ticks`
-        ticks (frozen, or failing every tick), so a liveness probe restarts the process."""
+        ticks (frozen, or failing every tick), so a liveness probe restarts the process.
+        /healthz is open to anyone: a tick's error (backend messages, URLs) is shown only where
+        everything is (authentication: none); otherwise it is in the authorized /api/v1/targets."""
         limit = self.config.unhealthy_after_ticks * self.config.tick_s
+        show_errors = self.config.auth_mode == "none"
         now = time.monotonic()
         stalled = []
         for lp in self.loops:
             since = lp.last_tick_monotonic if lp.last_tick_monotonic is not None else self._started
             if since is not None and now - since > limit:
-                stalled.append(f"{lp.name}: no tick completed for {now - since:.0f}s ({lp.last_error or 'no error'})")
+                why = f" ({lp.last_error or 'no error'})" if show_errors else " (its last error: /api/v1/targets)"
+                stalled.append(f"{lp.name}: no tick completed for {now - since:.0f}s{why}")
         if stalled:
             return web.Response(status=503, text="\n".join(stalled))
         return web.Response(text="ok")

@@ -79,6 +79,9 @@ def pki(tmp_path_factory) -> Pki:
 READER = TokenUser("system:serviceaccount:monitoring:reader",
                    ("system:serviceaccounts", "system:serviceaccounts:monitoring", "system:authenticated"))
 NOBODY = TokenUser("system:serviceaccount:default:nobody", ("system:serviceaccounts", "system:authenticated"))
+# The observability overlay's scraper (manifests/overlays/observability/monitors.yaml).
+METRICS_READER = TokenUser("system:serviceaccount:qscale-system:qscale-metrics-reader",
+                           ("system:serviceaccounts", "system:serviceaccounts:qscale-system", "system:authenticated"))
 SPELLING = TokenUser("system:serviceaccount:monitoring:spelling", ("system:authenticated",))
 # The keda overlay's reader (manifests/overlays/keda/reader.yaml), its RBAC as the overlay grants it.
 KEDA_READER = TokenUser("system:serviceaccount:llm:qscale-targets-reader",
@@ -92,7 +95,7 @@ def kube(pki):
     double.configmaps[("kube-system", "extension-apiserver-authentication")] = extension_apiserver_authentication(
         pki.requestheader_ca.cert_pem.decode(), ["front-proxy-client"])
     double.auth.tokens = {"reader-token": READER, "nobody-token": NOBODY, "keda-token": KEDA_READER,
-                          "spelling-token": SPELLING}
+                          "spelling-token": SPELLING, "metrics-token": METRICS_READER}
     double.auth.rules = [
         # the HPA controller's bootstrap role: get,list on external.metrics.k8s.io/*
         AccessRule(users=(HPA_USER,), verbs=("get", "list"), api_groups=(EXT,), resources=("*",)),
@@ -105,6 +108,7 @@ def kube(pki):
         # system:discovery and system:public-info-viewer: what every token may read
         *BOOTSTRAP_RULES,
         *rbac_access_rules(overlay("keda")),
+        *rbac_access_rules(overlay("observability")),
     ]
     yield double
     double.stop()
@@ -454,11 +458,44 @@ def test_a_junk_token_flood_leaves_the_control_loops_threads_free_and_is_cut_off
     assert retry_after == "1" and body["details"] == {"retryAfterSeconds": 1}
 
 
+def test_the_observability_scraper_reads_metrics_and_nothing_else(server, pki):
+    code, body = get(server, pki, "/metrics", None, bearer("metrics-token"))
+    assert code == 200 and "qscale_desired_replicas" in body
+    for path in ("/api/v1/targets", "/api/v1/targets/vllm", METRIC_PATH):
+        assert get(server, pki, path, None, bearer("metrics-token"))[0] == 403, path
+    assert get(server, pki, "/metrics", None, bearer("nobody-token"))[0] == 403  # not every token
+
+
 def test_health_endpoints_stay_open(server, pki):
     assert get(server, pki, "/healthz") == (200, "ok")
     assert get(server, pki, "/livez") == (200, "ok")
     code, body = get(server, pki, "/readyz")  # 503 until a tick completes; never 401/403
     assert code == 503 and body == "waiting for the first tick"
+
+
+@pytest.mark.parametrize(("authentication", "shows_error"), [("delegated", False), ("none", True)])
+def test_an_unhealthy_healthz_names_the_stalled_target_but_its_error_only_where_all_is_open(
+        pki, kube, authentication, shows_error):
+    """/healthz is open to anyone: a tick's error (a backend's message, a URL) is for
+    /api/v1/targets, which is authorized - unless nothing is (authentication: none)."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    config = service_config(pki, kube).model_copy(update={"authentication": authentication})
+    service = AutoscalerService(config)
+    stalled = service.loops[0]
+    stalled.last_tick_monotonic = time.monotonic() - 10 * config.unhealthy_after_ticks * config.tick_s
+    stalled.last_error = "ConnectionError: https://10.0.0.7:6443 refused token for ns secret-team"
+    for loop in service.loops[1:]:
+        loop.last_tick_monotonic = time.monotonic()
+
+    async def scenario() -> tuple[int, str]:
+        async with TestClient(TestServer(service.app())) as http:
+            resp = await http.get("/healthz")
+            return resp.status, await resp.text()
+
+    code, body = asyncio.run(scenario())
+    assert code == 503 and body.startswith("chat: no tick completed for "), body
+    assert ("secret-team" in body) is shows_error and ("10.0.0.7" in body) is shows_error
 
 
 def test_an_unanswered_access_review_is_a_500_not_an_allow(server, pki, kube):

@@ -1,11 +1,13 @@
 """Manifests: every overlay renders (`kubectl kustomize`, as `kubectl apply -k` does) and each
-resource validates against the real Kubernetes schemas (kubernetes-validate); the resources of
-CRDs (KEDA, cert-manager, Prometheus Operator) against the fields their CRDs require and allow,
-written down here by hand (no CRD schema is vendored); each overlay's mode is what it says
-(who writes the replica count, which HPA or ScaledObject); the APIService carries a caBundle
-(cert-manager's injection or scripts/apiservice-cabundle), never insecureSkipTLSVerify; the
-qscale pod meets Pod Security "restricted"; the vLLM example drains; and each overlay's RBAC
-grants exactly the API calls the code makes in that mode."""
+resource validates against the real Kubernetes schemas (kubernetes-validate: 1.30 and the newest
+it ships); the resources of CRDs (KEDA, cert-manager, Prometheus Operator) against the fields
+their CRDs require and allow, written down here by hand (no CRD schema is vendored); each
+overlay's mode is what it says (who writes the replica count, which HPA or ScaledObject, an HPA
+following qscale takes any jump at once); the APIService carries a caBundle (cert-manager's
+injection or scripts/apiservice-cabundle), never insecureSkipTLSVerify; the monitors scrape
+qscale over verified HTTPS with a token and the vLLM pods; the qscale pod meets Pod Security
+"restricted"; the vLLM example drains; and each overlay's RBAC grants exactly the API calls the
+code makes in that mode."""
 
 from __future__ import annotations
 
@@ -13,9 +15,11 @@ import asyncio
 import base64
 import functools
 import itertools
+import math
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import jsonschema
@@ -28,7 +32,8 @@ from autoscaler.config import AutoscalerConfig
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
 SCRIPT = ROOT / "scripts" / "apiservice-cabundle"
-K8S_VERSION = "1.30"
+# The oldest Kubernetes the manifests claim, and the newest schemas kubernetes-validate ships.
+K8S_VERSIONS = ("1.30", kubernetes_validate.latest_version())
 MODES = ("direct", "hpa", "hpa-follow", "shadow", "keda")
 OVERLAYS = (*MODES, "observability")
 EXAMPLES = ("vllm", "tune")
@@ -107,7 +112,29 @@ RULE = {"type": "object", "required": ["expr"], "additionalProperties": False,
         "properties": {"record": STR, "alert": STR, "expr": STR, "for": STR, "keep_firing_for": STR,
                        "labels": {"type": "object", "additionalProperties": STR},
                        "annotations": {"type": "object", "additionalProperties": STR}}}
+LABEL_SELECTOR = _obj([], {"matchLabels": {"type": "object", "additionalProperties": STR},
+                           "matchExpressions": {"type": "array", "items": {"type": "object"}}})
+SECRET_KEY = _obj(["key"], {"name": STR, "key": STR, "optional": {"type": "boolean"}})
+SCRAPE_TLS = _obj([], {"ca": _obj([], {"secret": SECRET_KEY, "configMap": SECRET_KEY}), "serverName": STR,
+                       "insecureSkipVerify": {"type": "boolean"}, "cert": {"type": "object"},
+                       "keySecret": SECRET_KEY})
+SCRAPE_ENDPOINT = {  # what ServiceMonitor endpoints and PodMonitor podMetricsEndpoints share
+    "port": STR, "path": STR, "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]}, "interval": STR,
+    "scrapeTimeout": STR, "tlsConfig": SCRAPE_TLS, "honorLabels": {"type": "boolean"},
+    "authorization": _obj([], {"type": STR, "credentials": SECRET_KEY}),
+    "relabelings": {"type": "array"}, "metricRelabelings": {"type": "array"}}
+NAMESPACE_SELECTOR = _obj([], {"any": {"type": "boolean"}, "matchNames": STR_LIST})
 CRD_SUBSETS: dict[tuple[str, str], dict] = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): _obj(["apiVersion", "kind", "metadata", "spec"], {
+        "apiVersion": STR, "kind": STR, "metadata": META,
+        "spec": _obj(["selector", "endpoints"], {
+            "selector": LABEL_SELECTOR, "namespaceSelector": NAMESPACE_SELECTOR, "jobLabel": STR,
+            "endpoints": {"type": "array", "items": _obj([], {**SCRAPE_ENDPOINT, "targetPort": {}})}})}),
+    ("monitoring.coreos.com/v1", "PodMonitor"): _obj(["apiVersion", "kind", "metadata", "spec"], {
+        "apiVersion": STR, "kind": STR, "metadata": META,
+        "spec": _obj(["selector", "podMetricsEndpoints"], {
+            "selector": LABEL_SELECTOR, "namespaceSelector": NAMESPACE_SELECTOR, "jobLabel": STR,
+            "podMetricsEndpoints": {"type": "array", "items": _obj([], SCRAPE_ENDPOINT)}})}),
     ("keda.sh/v1alpha1", "ScaledObject"): _obj(["apiVersion", "kind", "metadata", "spec"], {
         "apiVersion": STR, "kind": STR, "metadata": META,
         "spec": _obj(["scaleTargetRef", "triggers"], {
@@ -159,7 +186,8 @@ def validate(doc: dict) -> None:
     if schema is not None:
         jsonschema.validate(doc, schema)
     else:
-        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        for version in K8S_VERSIONS:
+            kubernetes_validate.validate(doc, version, strict=True)
 
 
 def all_rendered() -> list:
@@ -178,6 +206,12 @@ def test_resource_validates(doc):
     validate(doc)
 
 
+def test_validation_uses_the_newest_schemas_shipped():
+    shipped = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
+    newest = max(tuple(map(int, p.name[1:].split("-")[0].split("."))) for p in shipped.glob("v*-local-strict"))
+    assert K8S_VERSIONS[-1] == ".".join(map(str, newest)) and newest >= (1, 37, 0)
+
+
 def test_schema_validation_can_fail():
     bad = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"}, "spec": {"replicas": "two"}}
     with pytest.raises(kubernetes_validate.ValidationError):
@@ -191,9 +225,14 @@ def test_schema_validation_can_fail():
     ("TriggerAuthentication", lambda d: d["spec"]["secretTargetRef"][0].pop("key")),
     ("Certificate", lambda d: d["spec"].pop("issuerRef")),
     ("Issuer", lambda d: d["spec"].update(ca={"secretName": "x"}, selfSigned={})),
+    ("ServiceMonitor", lambda d: d["spec"]["endpoints"][0].update(bearerTokenSecrett={})),  # misspelt
+    ("ServiceMonitor", lambda d: d["spec"]["endpoints"][0]["tlsConfig"]["ca"]["secret"].pop("key")),
+    ("PodMonitor", lambda d: d["spec"].update(podMetricsEndpoint=d["spec"].pop("podMetricsEndpoints"))),
 ])
 def test_crd_checks_can_fail(kind, change):
-    docs = overlay("keda") if kind in ("ScaledObject", "TriggerAuthentication") else overlay("direct")
+    docs = {"ScaledObject": overlay("keda"), "TriggerAuthentication": overlay("keda"),
+            "ServiceMonitor": overlay("observability"), "PodMonitor": overlay("observability")}.get(
+        kind) or overlay("direct")
     doc = yaml.safe_load(yaml.safe_dump([d for d in docs if d["kind"] == kind][0]))
     change(doc)
     with pytest.raises(jsonschema.ValidationError):
@@ -285,6 +324,56 @@ def test_the_hpa_reads_a_metric_qscale_serves_for_the_target(mode, metric, avera
     assert selector == {"matchLabels": {"deployment": k.deployment}}
 
 
+# The HPA controller's scale-up rules (autoscaling/v2 defaulting, GenerateHPAScaleUpRules): a
+# field left out takes the default, so `scaleUp: {stabilizationWindowSeconds: 0}` still allows
+# only max(+4 pods, +100%) per 15 s.
+DEFAULT_SCALE_UP = {"stabilizationWindowSeconds": 0, "selectPolicy": "Max",
+                    "policies": [{"type": "Pods", "value": 4, "periodSeconds": 15},
+                                 {"type": "Percent", "value": 100, "periodSeconds": 15}]}
+
+
+def scale_up_limit(behavior: dict | None, current: int) -> int:
+    """The most replicas the HPA controller may ask for from `current`, with no scale event in
+    the policies' periods (calculateScaleUpLimitWithScalingRules)."""
+    rules = {**DEFAULT_SCALE_UP, **((behavior or {}).get("scaleUp") or {})}
+    if rules["selectPolicy"] == "Disabled":
+        return current
+    proposals = [current + p["value"] if p["type"] == "Pods" else math.ceil(current * (1 + p["value"] / 100))
+                 for p in rules["policies"]]
+    return min(proposals) if rules["selectPolicy"] == "Min" else max(proposals)
+
+
+def hpa_behavior(mode: str) -> tuple[dict | None, int, int]:
+    """(behavior, minReplicas, maxReplicas) of the HPA a mode makes (KEDA's from its ScaledObject)."""
+    docs = overlay(mode)
+    if mode == "keda":
+        spec = the(docs, "ScaledObject", "vllm")["spec"]
+        return (spec["advanced"]["horizontalPodAutoscalerConfig"].get("behavior"), spec["minReplicaCount"],
+                spec["maxReplicaCount"])
+    spec = the(docs, "HorizontalPodAutoscaler", "vllm")["spec"]
+    return spec.get("behavior"), spec.get("minReplicas", 1), spec["maxReplicas"]
+
+
+@pytest.mark.parametrize("mode", ["hpa-follow", "keda"])
+def test_an_hpa_following_qscale_takes_any_jump_at_once(mode):
+    """qscale paces its own decisions: the HPA that follows them must not add a window or a rate
+    limit of its own - from any replica count, one step reaches the maximum."""
+    behavior, lowest, highest = hpa_behavior(mode)
+    # KEDA copies it into the HPA it makes: it must be a valid HPA behavior
+    validate({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "x"},
+              "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "x"},
+                       "maxReplicas": highest, "behavior": behavior}})
+    assert behavior["scaleUp"].get("stabilizationWindowSeconds") == 0
+    assert behavior["scaleDown"].get("stabilizationWindowSeconds") == 0
+    assert all(scale_up_limit(behavior, n) >= highest for n in range(lowest, highest + 1))
+
+
+def test_the_scale_up_check_can_fail():
+    """The default rules (and the blog's HPA, which keeps them) take 1 -> 20 in steps: 5, 10, 20."""
+    assert scale_up_limit(None, 1) == 5 and scale_up_limit({"scaleUp": {"stabilizationWindowSeconds": 0}}, 5) == 10
+    assert scale_up_limit(hpa_behavior("hpa")[0], 1) < hpa_behavior("hpa")[2]
+
+
 def test_the_keda_trigger_reads_qscales_decision_over_https_with_a_token():
     docs = overlay("keda")
     (so,) = [d for d in docs if d["kind"] == "ScaledObject"]
@@ -309,6 +398,100 @@ def test_the_keda_trigger_reads_qscales_decision_over_https_with_a_token():
     # (autoscaler/apiauth/attributes.py): get, on the one target the trigger reads
     assert role["rules"] == [{"apiGroups": [""], "resources": ["targets"], "resourceNames": [target.name],
                               "verbs": ["get"]}]
+
+
+# --- observability: Prometheus scrapes qscale and vLLM ------------------------------------------
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    return not selector.get("matchExpressions") and selector["matchLabels"].items() <= labels.items()
+
+
+def bound_rules(docs, namespace: str, service_account: str) -> list[dict]:
+    """The rules of the ClusterRoles bound to a ServiceAccount by ClusterRoleBindings in `docs`."""
+    subject = {"kind": "ServiceAccount", "name": service_account, "namespace": namespace}
+    return [r for b in docs if b["kind"] == "ClusterRoleBinding" and subject in b["subjects"]
+            for r in the(docs, "ClusterRole", b["roleRef"]["name"])["rules"]]
+
+
+def test_the_servicemonitor_scrapes_qscale_over_verified_https_with_a_token_allowed_only_metrics():
+    mode, docs = overlay("direct"), overlay("observability")
+    sm = the(docs, "ServiceMonitor", "qscale")
+    service = the(mode, "Service", "qscale")
+    assert sm["metadata"]["namespace"] == service["metadata"]["namespace"]
+    assert selects(sm["spec"]["selector"], service["metadata"]["labels"])
+    (endpoint,) = sm["spec"]["endpoints"]
+    assert endpoint["port"] in [p["name"] for p in service["spec"]["ports"]]
+    assert (endpoint["scheme"], endpoint["path"]) == ("https", "/metrics")
+    tls = endpoint["tlsConfig"]
+    assert not tls.get("insecureSkipVerify")
+    assert tls["ca"]["secret"] == {"name": mounted_secret(mode), "key": "ca.crt"}
+    serving = the(mode, "Certificate", "qscale-serving")
+    assert tls["serverName"] in serving["spec"]["dnsNames"]
+    creds = endpoint["authorization"]["credentials"]
+    secret = the(docs, "Secret", creds["name"])
+    assert creds["key"] == "token" and secret["type"] == "kubernetes.io/service-account-token"
+    assert secret["metadata"]["namespace"] == sm["metadata"]["namespace"]  # the operator reads it there
+    reader = secret["metadata"]["annotations"]["kubernetes.io/service-account.name"]
+    assert bound_rules(docs, secret["metadata"]["namespace"], reader) == [{"nonResourceURLs": ["/metrics"],
+                                                                            "verbs": ["get"]}]
+
+
+def test_the_podmonitor_scrapes_the_vllm_pods_on_their_metrics_port():
+    pm = the(overlay("observability"), "PodMonitor", "vllm")
+    vllm = the(render(MANIFESTS / "examples" / "vllm"), "Deployment", "vllm")
+    target = embedded_config(overlay("direct")).targets[0].kubernetes
+    assert pm["spec"]["namespaceSelector"] == {"matchNames": [vllm["metadata"]["namespace"]]}
+    assert vllm["metadata"]["namespace"] == target.namespace
+    pod = vllm["spec"]["template"]
+    assert selects(pm["spec"]["selector"], pod["metadata"]["labels"])
+    (endpoint,) = pm["spec"]["podMetricsEndpoints"]
+    (container,) = pod["spec"]["containers"]
+    port = next(p for p in container["ports"] if p["name"] == endpoint["port"])
+    assert port["containerPort"] == target.metrics_port and endpoint["path"] == "/metrics"
+
+
+def test_the_monitor_checks_can_fail():
+    assert not selects({"matchLabels": {"app": "vllm"}}, {"app": "other"})
+    docs = [d for d in overlay("observability") if d["kind"] != "ClusterRoleBinding"]
+    assert bound_rules(docs, "qscale-system", "qscale-metrics-reader") == []
+
+
+# --- the target's names: where a user changes them ----------------------------------------------
+
+# Every file outside examples/ that names the example target (namespace llm, Deployment and
+# target vllm): the README's "change the names for your own" list is this one.
+TARGET_NAMED_IN = {"base/configmap.yaml", "base/rbac.yaml", "components/scaler/rbac.yaml", "overlays/hpa/hpa.yaml",
+                   "overlays/hpa-follow/follow-qscale.yaml", "overlays/keda/scaledobject.yaml",
+                   "overlays/keda/reader.yaml", "overlays/observability/monitors.yaml"}
+TARGET_NAME = re.compile(r"(?<![\w.:-])v?llm(?![\w\[:.-])")  # llm, vllm; not vllm:metric, vllm[:_], meta-llama
+
+
+def _strings(node) -> Iterator[str]:
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+    elif isinstance(node, str):
+        yield node
+
+
+def files_naming_the_target() -> set[str]:
+    out = set()
+    for path in MANIFESTS.rglob("*.yaml"):
+        rel = path.relative_to(MANIFESTS).as_posix()
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+        if not rel.startswith("examples/") and any(TARGET_NAME.search(s) for d in docs for s in _strings(d)):
+            out.add(rel)
+    return out
+
+
+def test_the_list_of_files_naming_the_target_is_complete():
+    assert files_naming_the_target() == TARGET_NAMED_IN
+    assert TARGET_NAME.search("url: https://qscale.qscale-system.svc/api/v1/targets/vllm")
+    assert not TARGET_NAME.search('{__name__=~"vllm[:_]num_requests_waiting"}') and not TARGET_NAME.search("meta-llama")
 
 
 # --- TLS: the APIService's caBundle -----------------------------------------------------------
@@ -458,6 +641,27 @@ def test_the_restricted_check_catches_each_rule(change, expected):
     spec = qscale_pod_spec()
     change(spec)
     assert any(expected in v for v in restricted_violations(spec)), restricted_violations(spec)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_qscale_image_is_the_one_the_base_kustomization_names(mode):
+    """One place to point every overlay at the image a user built and pushed (README)."""
+    (image,) = yaml.safe_load((MANIFESTS / "base" / "kustomization.yaml").read_text())["images"]
+    (c,) = the(overlay(mode), "Deployment", "qscale")["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == f"{image['newName']}:{image['newTag']}"
+
+
+def test_certificate_renewal_needs_no_restart_as_the_comments_say():
+    """qscale reloads a changed certificate (CertificateReloader, every 30 s): neither the script
+    nor the cert-manager component restarts it or says it must be."""
+    import inspect
+
+    from autoscaler.apiauth.tls import CertificateReloader
+
+    assert inspect.signature(CertificateReloader).parameters["interval_s"].default == 30.0
+    for path in (SCRIPT, MANIFESTS / "components" / "cert-manager" / "certificates.yaml"):
+        text = path.read_text()
+        assert "rollout restart" not in text and "within 30 s" in text, path
 
 
 def test_probes_liveness_on_healthz_readiness_on_readyz():
