@@ -466,6 +466,38 @@ def test_the_observability_scraper_reads_metrics_and_nothing_else(server, pki):
     assert get(server, pki, "/metrics", None, bearer("nobody-token"))[0] == 403  # not every token
 
 
+def test_the_review_pool_counts_a_call_until_its_thread_ends():
+    """A request that gives up does not free the place its review still holds on a thread."""
+    from autoscaler.apiauth.reviews import Overloaded, ReviewPool
+
+    pool = ReviewPool(threads=1, max_in_flight=2)
+    go_on = threading.Event()
+
+    def slow(_request_timeout: float) -> str:
+        go_on.wait(10)
+        return "done"
+
+    async def scenario() -> None:
+        first, second = asyncio.ensure_future(pool.call(slow)), asyncio.ensure_future(pool.call(slow))
+        await asyncio.sleep(0.05)
+        with pytest.raises(Overloaded):
+            await pool.call(slow)
+        first.cancel()  # its caller gives up; the call runs on
+        await asyncio.sleep(0.05)
+        with pytest.raises(Overloaded):
+            await pool.call(slow)
+        go_on.set()
+        assert await second == "done"
+        await asyncio.sleep(0.05)
+        assert pool.in_flight == 0
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        go_on.set()
+        pool.close()
+
+
 def test_health_endpoints_stay_open(server, pki):
     assert get(server, pki, "/healthz") == (200, "ok")
     assert get(server, pki, "/livez") == (200, "ok")

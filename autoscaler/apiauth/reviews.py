@@ -121,8 +121,12 @@ class ReviewPool:
         if self.in_flight >= self.max_in_flight:
             raise Overloaded(f"{self.in_flight} reviews in flight")
         loop = asyncio.get_running_loop()
+        try:
+            job: Future = self._executor.submit(functools.partial(fn, *args, _request_timeout=REVIEW_TIMEOUT_S,
+                                                                  **kwargs))
+        except RuntimeError as exc:  # closed: the server is stopping
+            raise ReviewError(str(exc)) from None
         self.in_flight += 1
-        job: Future = self._executor.submit(functools.partial(fn, *args, _request_timeout=REVIEW_TIMEOUT_S, **kwargs))
         job.add_done_callback(lambda _: self._release(loop))
         try:
             return await asyncio.wrap_future(job)
