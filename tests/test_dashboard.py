@@ -37,7 +37,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from server.procs import spawn, stop_tree
+from tests.prometheus import prometheus_server
 from tests.servers import ROOT, free_port, free_port_run, http_get, qscale_process, wait_http
 
 OBSERVABILITY = ROOT / "manifests" / "overlays" / "observability"
@@ -375,18 +375,8 @@ def prometheus_config(fleet: dict, dcgm_port: int) -> str:
 
 @pytest.fixture(scope="module")
 def prometheus(fleet, dcgm_exporter, tmp_path_factory) -> Iterator[str]:
-    binary = shutil.which("prometheus")
-    assert binary, "Debian's prometheus is not installed: scripts/test installs it"
-    tmp = tmp_path_factory.mktemp("prom")
-    (tmp / "prometheus.yml").write_text(prometheus_config(fleet, dcgm_exporter))
-    port = free_port()
-    proc = spawn([binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
-                  f"--web.listen-address=127.0.0.1:{port}"])
-    try:
-        wait_http(f"http://127.0.0.1:{port}/-/ready", 60, proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop_tree(proc, 10)
+    with prometheus_server(tmp_path_factory.mktemp("prom"), prometheus_config(fleet, dcgm_exporter)) as url:
+        yield url
 
 
 def for_prometheus(expr: str) -> str:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import textwrap
 import threading
 import time
@@ -17,6 +15,7 @@ from autoscaler.config import PrometheusSource as PrometheusSettings
 from autoscaler.metrics.prometheus import PrometheusSource
 from autoscaler.metrics.scrape import ScrapeSource
 from policies import ReplicaState
+from tests.prometheus import prometheus_server
 from tests.servers import free_port, free_port_run, qscale_process, wait_http
 
 
@@ -31,11 +30,7 @@ def replicas():
 
 @pytest.fixture(scope="module")
 def prometheus(replicas, tmp_path_factory):
-    binary = shutil.which("prometheus")
-    assert binary, "Debian's prometheus is not installed: scripts/test installs it"
-    tmp = tmp_path_factory.mktemp("prom")
-    cfg = tmp / "prometheus.yml"
-    cfg.write_text(textwrap.dedent(f"""
+    with prometheus_server(tmp_path_factory.mktemp("prom"), textwrap.dedent(f"""
         global: {{scrape_interval: 1s, evaluation_interval: 1s}}
         scrape_configs:
           - job_name: vllm
@@ -44,17 +39,8 @@ def prometheus(replicas, tmp_path_factory):
                 labels: {{pod: replica-a}}
               - targets: ["127.0.0.1:{replicas[1]}"]
                 labels: {{pod: replica-b}}
-    """))
-    port = free_port()
-    proc = subprocess.Popen([binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp / 'data'}",
-                             f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/-/ready", 60, proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(20)
+    """)) as url:
+        yield url
 
 
 def pods(replicas):

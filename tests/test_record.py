@@ -13,7 +13,6 @@ import asyncio
 import csv
 import json
 import math
-import shutil
 import textwrap
 import time
 from pathlib import Path
@@ -25,7 +24,6 @@ from policies.errors import UserError
 from qscale.cli import main
 from qscale.commands.record_cmd import instant
 from server.loadgen import replay
-from server.procs import spawn, stop_tree
 from simulations.traffic import load_traffic
 from simulations.traffic.record import (
     TimeRange,
@@ -36,6 +34,7 @@ from simulations.traffic.record import (
     whole_counts,
     window_arrivals,
 )
+from tests.prometheus import prometheus_server
 from tests.servers import free_port, free_port_run, http_get, qscale, qscale_process, wait_http
 
 STEP_S = 10
@@ -206,28 +205,16 @@ def replicas():
 @pytest.fixture(scope="module")
 def prometheus(replicas, tmp_path_factory):
     """Debian's Prometheus scraping both replicas every second (job "vllm")."""
-    binary = shutil.which("prometheus")
-    assert binary, "Debian's prometheus is not installed: scripts/test installs it"
-    tmp = tmp_path_factory.mktemp("prom")
-    cfg = tmp / "prometheus.yml"
     targets = ", ".join(f'"127.0.0.1:{p}"' for p in replicas)
-    cfg.write_text(textwrap.dedent(f"""
+    with prometheus_server(tmp_path_factory.mktemp("prom"), textwrap.dedent(f"""
         global: {{scrape_interval: {SCRAPE_S:g}s, evaluation_interval: {SCRAPE_S:g}s}}
         scrape_configs:
           - job_name: vllm
             static_configs:
               - targets: [{targets}]
-    """))
-    port = free_port()
-    proc = spawn([binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp / 'data'}",
-                  f"--web.listen-address=127.0.0.1:{port}"])
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/-/ready", 60, proc)
+    """)) as url:
         _wait_until_scraped(url, len(replicas))
         yield url
-    finally:
-        stop_tree(proc, 20)
 
 
 def _wait_until_scraped(url: str, targets: int, timeout_s: float = 30) -> None:
