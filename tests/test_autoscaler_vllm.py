@@ -2,7 +2,7 @@
 engine (tiny local Llama, `max_num_seqs` 2) under a burst from `server.loadgen.replay`.
 
 One real replica serves; the burst fills its queue (`vllm:num_requests_waiting`); the
-autoscaler orders one more (the reason names the backlog) and, while that one starts, counts
+autoscaler orders one more (for the backlog, or the demand beyond one replica) and, while that one starts, counts
 it as in flight (no order to 3 though max is 3). Its real cold start is learned; after the
 burst (kept warm a while: burst headroom and stabilization) it is drained and removed. No
 request fails through all of it, and nothing is left running.
@@ -255,7 +255,11 @@ def test_real_vllm_scales_up_on_its_queue_and_back_down(tmp_path, request, vllm_
     ups = [e for _, e in logs.named("scale", direction="up")]
     assert len(ups) == 1, ups
     assert up["current"] == 1 and up["desired"] == 2, up
-    assert "backlog" in up["reason"] and up["terms"]["backlog_replicas"] > 0, up
+    # The burst orders it through the queue it builds: as backlog the fleet cannot drain within a
+    # cold start, or, when the engine drains it fast enough, as demand beyond one replica. Which
+    # term crosses first depends on how fast this machine's vLLM runs; both need the queue.
+    assert up["reason"] in ("scale up for backlog", "scale up for demand now"), up
+    assert up["terms"]["backlog_replicas"] > 0 or up["terms"]["now_replicas"] > 1, up
     assert up["signals"]["waiting"] > 0, up
     assert any(s["signals"]["starting"] == 1 and s["current"] == s["desired"] == 2 for s in while_starting), \
         while_starting[-5:]
