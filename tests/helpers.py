@@ -44,3 +44,33 @@ class Feed:
 
 def signals(time: float, readings: list[ReplicaReading], current: int | None = None) -> Signals:
     return Feed()(time, readings, current)
+
+
+class StubBackend:
+    """A backend for service tests: `current` replicas; `pods()` fails while `broken` is set
+    (so a test's own decision stays the last one), else one starting pod."""
+
+    def __init__(self, current: int = 1, broken: bool = True) -> None:
+        self.current, self.broken = current, broken
+
+    async def start(self) -> None:
+        return None
+
+    async def pods(self) -> list:
+        from autoscaler.backends.base import Pod
+
+        if self.broken:
+            raise ConnectionError("backend unreachable")
+        return [Pod("a", ReplicaState.STARTING, 0.0, None)]
+
+    async def current_replicas(self) -> int:
+        return self.current
+
+    async def set_replicas(self, replicas, reason, remove_first=()) -> None:
+        return None
+
+    def router_waiting(self) -> float:
+        return 0.0
+
+    async def close(self) -> None:
+        return None

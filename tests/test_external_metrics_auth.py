@@ -29,6 +29,7 @@ from autoscaler.config import AutoscalerConfig
 from autoscaler.loop import LastDecision
 from autoscaler.service import AutoscalerService
 from policies import Signals
+from tests.helpers import StubBackend
 from tests.k8s_double import (
     BOOTSTRAP_RULES,
     AccessRule,
@@ -114,28 +115,6 @@ def kube(pki):
     double.stop()
 
 
-class BrokenBackend:
-    """Every tick fails, so the decision the test sets stays the last one."""
-
-    async def start(self) -> None:
-        return None
-
-    async def pods(self):
-        raise ConnectionError("not used in this test")
-
-    async def current_replicas(self) -> int:
-        return 2
-
-    async def set_replicas(self, replicas, reason, remove_first=()) -> None:
-        return None
-
-    def router_waiting(self) -> float:
-        return 0.0
-
-    async def close(self) -> None:
-        return None
-
-
 def decision(waiting: float) -> LastDecision:
     signals = Signals(time=0.0, replicas=(), current_replicas=2, total_waiting=waiting, total_running=8,
                       ready_replicas=2, starting_replicas=0, draining_replicas=0, mean_kv_cache_usage=0.5,
@@ -149,7 +128,7 @@ class RunningService:
     def __init__(self, config: AutoscalerConfig) -> None:
         self.service = AutoscalerService(config)
         for loop in self.service.loops:
-            loop.backend = BrokenBackend()
+            loop.backend = StubBackend(current=2)  # every tick fails: the test's decision stays
             loop.last = decision(23)
         self.port = config.host_port[1]
         self.loop = asyncio.new_event_loop()

@@ -7,38 +7,10 @@ import json
 
 import aiohttp
 
-from autoscaler.backends.base import Pod
 from autoscaler.config import AutoscalerConfig
 from autoscaler.service import AutoscalerService
-from policies import ReplicaState
+from tests.helpers import StubBackend
 from tests.servers import free_port
-
-
-class FlakyBackend:
-    """Fails every call to `pods()` while `broken` is set."""
-
-    def __init__(self) -> None:
-        self.broken = True
-
-    async def start(self) -> None:
-        return None
-
-    async def pods(self) -> list[Pod]:
-        if self.broken:
-            raise ConnectionError("backend unreachable")
-        return [Pod("a", ReplicaState.STARTING, 0.0, None)]
-
-    async def current_replicas(self) -> int:
-        return 1
-
-    async def set_replicas(self, replicas, reason, remove_first=()) -> None:
-        return None
-
-    def router_waiting(self) -> float:
-        return 0.0
-
-    async def close(self) -> None:
-        return None
 
 
 async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
@@ -51,7 +23,7 @@ async def _scenario(port: int) -> dict:
                            targets=[{"name": "demo", "policy": "static", "params": {"replicas": 1},
                                      "local": {"service_port": free_port(), "base_port": free_port()}}])
     service = AutoscalerService(cfg)
-    backend = FlakyBackend()
+    backend = StubBackend(current=1)  # fails every pods() while broken
     service.loops[0].backend = backend
     stop = asyncio.Event()
     task = asyncio.ensure_future(service.run(until=stop))
