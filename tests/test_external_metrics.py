@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import math
 import time
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -116,25 +117,32 @@ class _Loop:
                                  signals, {})
 
 
+@contextlib.asynccontextmanager
+async def _serving(loops: list) -> AsyncIterator[str]:
+    """The external metrics routes for `loops` on a free loopback port (namespace llm); yields
+    the API's base URL."""
+    app = web.Application()
+    add_routes(app, loops, lambda loop, ns: {"deployment": loop.name} if ns == "llm" else None)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/apis/external.metrics.k8s.io/v1beta1"
+    finally:
+        await runner.cleanup()
+
+
 def test_routes():
     async def scenario():
-        app = web.Application()
-        loops = [_Loop("chat", 7.5), _Loop("code", 1)]
-        add_routes(app, loops, lambda loop, ns: {"deployment": loop.name} if ns == "llm" else None)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        base = f"http://127.0.0.1:{port}/apis/external.metrics.k8s.io/v1beta1"
-        async with aiohttp.ClientSession() as s:
+        async with _serving([_Loop("chat", 7.5), _Loop("code", 1)]) as base, aiohttp.ClientSession() as s:
             disc = await (await s.get(base)).json()
             one = await (await s.get(f"{base}/namespaces/llm/vllm_num_requests_waiting",
                                      params={"labelSelector": "deployment=chat"})).json()
             all_ = await (await s.get(f"{base}/namespaces/llm/vllm_num_requests_waiting")).json()
             other_ns = await (await s.get(f"{base}/namespaces/default/vllm_num_requests_waiting")).json()
             missing = await s.get(f"{base}/namespaces/llm/nope")
-        await runner.cleanup()
         return disc, one, all_, other_ns, missing.status
 
     disc, one, all_, other_ns, missing = asyncio.run(scenario())
@@ -208,20 +216,10 @@ class _FleetLoop:
 
 
 async def _external_items(loops: list[_FleetLoop], metric: str, selector: str) -> list[dict]:
-    app = web.Application()
-    add_routes(app, loops, lambda loop, ns: {"deployment": loop.name} if ns == "llm" else None)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    url = f"http://127.0.0.1:{port}/apis/external.metrics.k8s.io/v1beta1/namespaces/llm/{metric}"
-    try:
-        async with aiohttp.ClientSession() as s, s.get(url, params={"labelSelector": selector}) as r:
-            assert r.status == 200
-            return (await r.json())["items"]
-    finally:
-        await runner.cleanup()
+    async with _serving(loops) as base, aiohttp.ClientSession() as s, \
+            s.get(f"{base}/namespaces/llm/{metric}", params={"labelSelector": selector}) as r:
+        assert r.status == 200
+        return (await r.json())["items"]
 
 
 DOWN_NOW = {"stabilization_window_s": 0, "policies": [{"type": "Percent", "value": 100, "period_s": 15}]}
